@@ -1,0 +1,36 @@
+# raymoe: fresh machine -> `make setup` is run by the targets below as needed.
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0*.whl))
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-unit main clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch first: the local CPU wheel if present, else the CPU index (never the CUDA build)
+	$(VPY) -m pip install -q $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+## the whole test suite (unit + integration), as CI runs it
+test: setup
+	$(VPY) -m pytest -q
+
+test-unit: setup
+	$(VPY) -m pytest -q -m "not integration"
+
+## the main job on the embedded default
+main: setup
+	$(VENV)/bin/raymoe smoke --out results/smoke
+
+clean:
+	rm -rf results/smoke

@@ -1,0 +1,5 @@
+import sys
+
+from raymoe.cli import main
+
+sys.exit(main())

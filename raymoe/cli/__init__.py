@@ -1,0 +1,60 @@
+"""`raymoe` command line: one class per subcommand, imported only when chosen.
+
+A subcommand class has `help: str`, `add_arguments(parser)` and `run(args) -> int`.
+User errors (`RaymoeError`) end with one line `error: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from raymoe.errors import RaymoeError
+
+__all__ = ["main", "SUBCOMMANDS"]
+
+#: subcommand name -> "module:Class"; heavy imports happen only for the chosen one.
+SUBCOMMANDS: dict[str, str] = {
+    "prune": "raymoe.cli.prune:Prune",
+    "smoke": "raymoe.cli.smoke:Smoke",
+}
+
+_HELP: dict[str, str] = {
+    "prune": "write a pruned checkpoint from a plan (or a method)",
+    "smoke": "build a tiny model, prune it, check it loads (the main job until sweeps exist)",
+}
+
+
+def _load(name: str):
+    module, cls = SUBCOMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="raymoe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        sub.add_parser(name, help=_HELP.get(name, ""), add_help=False)
+    # parse the command name first, then build only that subcommand's parser
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    if not known.command:
+        parser.print_help()
+        return 2
+    cmd = _load(known.command)
+    cmd_parser = argparse.ArgumentParser(prog=f"raymoe {known.command}", description=cmd.help)
+    cmd.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    try:
+        return int(cmd.run(args) or 0)
+    except RaymoeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
