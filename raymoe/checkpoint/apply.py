@@ -1,0 +1,154 @@
+"""Apply a prune plan to a safetensors checkpoint, streaming tensor by tensor.
+
+Pruned layer l keeps experts keep[0..n-1] (source indices) as new experts
+0..n-1. Expert tensors are renamed (bytes copied verbatim), router rows and
+the correction bias are sliced; a merge group's target becomes
+W = sum_i w_i W_{m_i} (expert weights, router rows and bias alike, computed in
+float32). Uniform results get the stock config with the new count; mixed
+counts get raymoe's variable-expert architecture (raymoe/moe/variable.py).
+Output is written to a temporary directory and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from raymoe.checkpoint.writer import TORCH_DTYPES, OutTensor, ShardWriter
+from raymoe.errors import CheckpointError
+from raymoe.io import atomic_dir
+from raymoe.moe.safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsCheckpoint, TensorInfo
+from raymoe.moe.spec import MoeModelSpec, TensorRole
+from raymoe.moe.variable import stock_config_dict, variable_config_dict
+from raymoe.plan.schema import LayerPlan, PrunePlan
+
+__all__ = ["apply_plan", "pruned_config"]
+
+_WEIGHT_FILES = (INDEX_FILE, "config.json")
+
+
+def pruned_config(cfg: dict, spec: MoeModelSpec, counts: dict[int, int]) -> dict:
+    """Config dict of the pruned model: stock when all MoE layers share one count, else variable."""
+    if len(set(counts.values())) == 1:
+        out = stock_config_dict(cfg)
+        n = next(iter(counts.values()))
+        for key in spec.arch.count_keys:
+            if key in out or key == spec.arch.count_keys[0]:
+                out[key] = n
+        return out
+    return variable_config_dict(cfg, counts)
+
+
+class _LayerMap:
+    """Source -> pruned index mapping of one layer."""
+
+    def __init__(self, lp: LayerPlan):
+        self.new_index = {e: j for j, e in enumerate(lp.keep)}
+        self.merge = {g.target: g for g in lp.merges}
+        self.keep = lp.keep
+
+    def sources(self, j: int) -> list[tuple[int, float]]:
+        """(source expert, weight) pairs that make pruned expert j."""
+        e = self.keep[j]
+        g = self.merge.get(e)
+        return [(e, 1.0)] if g is None else list(zip(g.members, g.weights))
+
+
+def _combine(ckpt: SafetensorsCheckpoint, names_weights: list[tuple[str, float]], dtype: str) -> torch.Tensor:
+    acc = None
+    for name, w in names_weights:
+        t = ckpt.get(name).float() * w
+        acc = t if acc is None else acc + t
+    return acc.to(TORCH_DTYPES[dtype])
+
+
+class _Job:
+    """What to write for one output tensor: a verbatim copy or a computed tensor."""
+
+    def __init__(self, out: OutTensor, copy: TensorInfo | None = None, compute=None):
+        self.out, self.copy, self.compute = out, copy, compute
+
+
+def _plan_tensor(ckpt, spec: MoeModelSpec, maps: dict[int, _LayerMap], info: TensorInfo) -> list[_Job]:
+    role: TensorRole = spec.role(info.name)
+    lm = maps.get(role.layer) if role.layer is not None else None
+    if role.kind == "other" or lm is None:
+        return [_Job(OutTensor(info.name, info.dtype, info.shape), copy=info)]
+    if role.kind == "expert":
+        if role.expert not in lm.new_index:
+            return []
+        j = lm.new_index[role.expert]
+        new_name = spec.expert_name(role.layer, j, role.proj, role.suffix)
+        out = OutTensor(new_name, info.dtype, info.shape)
+        srcs = lm.sources(j)
+        if len(srcs) == 1:
+            return [_Job(out, copy=info)]
+        pairs = [(spec.expert_name(role.layer, e, role.proj, role.suffix), w) for e, w in srcs]
+        return [_Job(out, compute=lambda: _combine(ckpt, pairs, info.dtype))]
+    # router weight [E, H] or correction bias [E]: rows per pruned expert
+    n = len(lm.keep)
+    out = OutTensor(info.name, info.dtype, (n, *info.shape[1:]))
+
+    def rows() -> torch.Tensor:
+        src = ckpt.get(info.name).float()  # [E, ...]
+        new = torch.stack([sum(src[e] * w for e, w in lm.sources(j)) for j in range(n)])  # [n, ...]
+        return new.to(TORCH_DTYPES[info.dtype])
+
+    return [_Job(out, compute=rows)]
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise CheckpointError(f"output path {str(out)!r} exists and is not a directory")
+        if any(out.iterdir()) and not overwrite:
+            raise CheckpointError(f"output directory {str(out)!r} already holds files; choose another --out")
+        if not any(out.iterdir()):
+            out.rmdir()
+
+
+def apply_plan(source: str | Path, plan: PrunePlan, out: str | Path, *, overwrite: bool = False,
+               progress: bool = True) -> Path:
+    """Write the pruned checkpoint of `source` under `plan` to `out`; return `out`."""
+    source, out = Path(source), Path(out)
+    spec = MoeModelSpec.from_pretrained(source)
+    plan.validate_for(spec)
+    ckpt = SafetensorsCheckpoint(source)  # parses and validates every shard header
+    _check_out(out, overwrite)
+    maps = {lp.layer: _LayerMap(lp) for lp in plan.layers}
+    counts = {l: len(maps[l].keep) if l in maps else e for l, e in spec.experts.items()}
+
+    shards = [(f, [job for info in ckpt.infos_in(f) for job in _plan_tensor(ckpt, spec, maps, info)])
+              for f in ckpt.files]
+    total = sum(job.out.nbytes for _, jobs in shards for job in jobs)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        weight_map: dict[str, str] = {}
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="apply", disable=not progress)
+        for src_file, jobs in shards:
+            if not jobs:
+                continue
+            writer = ShardWriter(tmp / src_file.name, [j.out for j in jobs])
+            for job in jobs:
+                if job.copy is not None:
+                    writer.copy_from(job.out.name, job.copy)
+                else:
+                    writer.write_tensor(job.out.name, job.compute())
+                weight_map[job.out.name] = src_file.name
+                bar.update(job.out.nbytes)
+            writer.close()
+        bar.close()
+        if (source / INDEX_FILE).is_file():
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        cfg = pruned_config(spec.config, spec, counts)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        for f in source.iterdir():  # tokenizer, generation config, chat template ...
+            if f.is_file() and f.name not in _WEIGHT_FILES and f.suffix != ".safetensors" \
+                    and f.name != SINGLE_FILE and f.name != "plan.json":
+                shutil.copy2(f, tmp / f.name)
+        plan.save(tmp / "plan.json")
+    return out
