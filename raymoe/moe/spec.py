@@ -92,6 +92,14 @@ class MoeModelSpec:
         return int(self.config.get("n_group") or 1) if self.arch.uses_groups(self.config) else 1
 
     @property
+    def min_kept(self) -> int:
+        """Fewest routed experts a layer may keep: top_k, and for DeepSeek-V3's group-limited routing
+        (a group is scored by its top-2 experts) at least 2 per group."""
+        if self.n_group > 1 and self.arch.scoring == "sigmoid":
+            return max(self.top_k, 2 * self.n_group)
+        return max(self.top_k, self.n_group)
+
+    @property
     def is_uniform(self) -> bool:
         return len(set(self.experts.values())) == 1
 

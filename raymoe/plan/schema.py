@@ -119,6 +119,9 @@ class PrunePlan(_Strict):
                                 f"{spec.experts[lp.layer]}")
             if len(lp.keep) < spec.top_k:
                 raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts, fewer than top_k={spec.top_k}")
+            if len(lp.keep) < spec.min_kept:
+                raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts; group-limited routing needs at "
+                                f"least {spec.min_kept} (2 per group, n_group={spec.n_group})")
             if spec.n_group > 1 and len(lp.keep) % spec.n_group:
                 raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts, not divisible by "
                                 f"n_group={spec.n_group} (group-limited routing)")
