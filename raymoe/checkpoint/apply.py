@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from raymoe.checkpoint.writer import TORCH_DTYPES, OutTensor, ShardWriter
+from raymoe.checkpoint.writer import OutTensor, ShardWriter
 from raymoe.errors import CheckpointError
 from raymoe.io import atomic_dir
-from raymoe.moe.safetensors_files import INDEX_FILE, SINGLE_FILE, SafetensorsCheckpoint, TensorInfo
+from raymoe.moe.safetensors_files import INDEX_FILE, SINGLE_FILE, TORCH_DTYPES, SafetensorsCheckpoint, TensorInfo
 from raymoe.moe.spec import MoeModelSpec, TensorRole
 from raymoe.moe.variable import stock_config_dict, variable_config_dict
 from raymoe.plan.schema import LayerPlan, PrunePlan
@@ -59,10 +59,10 @@ class _LayerMap:
 
 
 def _combine(ckpt: SafetensorsCheckpoint, names_weights: list[tuple[str, float]], dtype: str) -> torch.Tensor:
-    acc = None
-    for name, w in names_weights:
-        t = ckpt.get(name).float() * w
-        acc = t if acc is None else acc + t
+    (first, w0), *rest = names_weights
+    acc = ckpt.get(first).float().mul_(w0)  # in place: peak is about two tensors
+    for name, w in rest:
+        acc.add_(ckpt.get(name).float(), alpha=w)
     return acc.to(TORCH_DTYPES[dtype])
 
 

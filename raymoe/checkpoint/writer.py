@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from raymoe.moe.safetensors_files import DTYPE_SIZES, TensorInfo
+from raymoe.moe.safetensors_files import DTYPE_SIZES, TORCH_DTYPES, TensorInfo
 
-__all__ = ["OutTensor", "ShardWriter", "TORCH_DTYPES"]
+__all__ = ["OutTensor", "ShardWriter"]
 
-TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                "BOOL": torch.bool}
-
-_COPY_CHUNK = 64 << 20  # bytes per read when copying a tensor verbatim
+_COPY_CHUNK = 16 << 20  # bytes per step when copying a tensor verbatim
 
 
 @dataclass(frozen=True)
@@ -62,20 +59,21 @@ class ShardWriter:
     def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
         t = self._expect(name)
         assert tuple(tensor.shape) == t.shape and tensor.dtype == TORCH_DTYPES[t.dtype], f"{name}: shape/dtype"
-        self._fh.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        self._fh.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
 
     def copy_from(self, name: str, src: TensorInfo) -> None:
         """Copy a source tensor's bytes verbatim (same dtype and shape)."""
         t = self._expect(name)
         assert src.nbytes == t.nbytes, f"{name}: size mismatch"
+        self._fh.flush()
+        out_fd = self._fh.fileno()
         with open(src.file, "rb") as fh:
-            fh.seek(src.start)
-            left = src.nbytes
-            while left:
-                chunk = fh.read(min(left, _COPY_CHUNK))
-                assert chunk, f"{src.file}: unexpected end of file"
-                self._fh.write(chunk)
-                left -= len(chunk)
+            offset, left = src.start, src.nbytes
+            while left:  # kernel-side copy: no user-space buffer
+                n = os.copy_file_range(fh.fileno(), out_fd, min(left, _COPY_CHUNK), offset)
+                if n == 0:
+                    raise OSError(f"{src.file}: unexpected end of file")
+                offset, left = offset + n, left - n
 
     def close(self) -> None:
         assert self._next == len(self.tensors), f"{self.path}: {len(self.tensors) - self._next} tensors unwritten"

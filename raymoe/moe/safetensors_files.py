@@ -13,17 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from raymoe.errors import CheckpointError
 
-__all__ = ["SafetensorsCheckpoint", "TensorInfo", "INDEX_FILE", "SINGLE_FILE", "DTYPE_SIZES"]
+__all__ = ["SafetensorsCheckpoint", "TensorInfo", "INDEX_FILE", "SINGLE_FILE", "DTYPE_SIZES", "TORCH_DTYPES"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,6 @@ class SafetensorsCheckpoint:
                 a, b = meta["data_offsets"]
                 self.infos[name] = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), file,
                                               data_start + a, data_start + b)
-        self._handles: dict[Path, object] = {}
 
     @property
     def names(self) -> list[str]:
@@ -104,13 +105,18 @@ class SafetensorsCheckpoint:
         return sorted((i for i in self.infos.values() if i.file == file), key=lambda i: i.start)
 
     def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into its own memory (a plain read, no mmap: nothing stays resident after)."""
         info = self.infos.get(name)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = self._handles[info.file] = safe_open(str(info.file), framework="pt")
-        return handle.get_tensor(name)
+        buf = bytearray(info.nbytes)
+        with open(info.file, "rb") as fh:
+            fh.seek(info.start)
+            if fh.readinto(buf) != info.nbytes:
+                raise CheckpointError(f"{info.file}: truncated while reading {name}")
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
+        return torch.frombuffer(buf, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
     def load(self, names) -> dict[str, torch.Tensor]:
         return {n: self.get(n) for n in names}
