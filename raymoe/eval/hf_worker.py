@@ -1,0 +1,60 @@
+"""Ray actor hosting one transformers model for lm-eval (the CPU default backend).
+
+The model is loaded in memory (`AutoModelForCausalLM`, so raymoe's
+variable-expert classes load non-uniform checkpoints) and handed to lm-eval's
+`HFLM(pretrained=model)`, which works offline.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from raymoe.eval.options import EngineOptions, scoring_length
+from raymoe.eval.runner import EngineHost
+from raymoe.eval.tasks import TaskRequest
+
+__all__ = ["HFWorker", "HFEngine", "load_hf"]
+
+
+class HFEngine:
+    def __init__(self, lm, version: str) -> None:
+        self.lm = lm
+        self.version = version
+
+    def close(self) -> None:
+        self.lm = None
+
+
+def load_hf(path: str, opts: EngineOptions) -> HFEngine:
+    import torch
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import raymoe  # noqa: F401  (registers the variable-expert architectures)
+
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.dtype]
+    torch.manual_seed(opts.seed)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
+              max_length=scoring_length(int(getattr(model.config, "max_position_embeddings", 2048)), opts))
+    return HFEngine(lm, f"transformers {transformers.__version__}")
+
+
+@ray.remote(num_cpus=1)
+class HFWorker:
+    """One transformers engine; `evaluate` runs one (variant, task) pair."""
+
+    def __init__(self, worker_id: str, opts: EngineOptions) -> None:
+        self.host = EngineHost(worker_id, "hf", lambda path: load_hf(path, opts),
+                               bootstrap_iters=opts.bootstrap_iters, seed=opts.seed)
+
+    def info(self) -> dict:
+        return self.host.info()
+
+    def evaluate(self, path: str, task: TaskRequest) -> dict:
+        return self.host.evaluate(path, task)
+
+    def loglikelihood_throughput(self, path: str, task: TaskRequest) -> dict:
+        return self.host.loglikelihood_throughput(path, task)

@@ -1,0 +1,130 @@
+"""lm-eval's language-model interface over a vLLM engine (runs in the vLLM environment).
+
+lm-eval drives models through its `TemplateLM` base class (its extension
+point: the tokenisation of (context, continuation) pairs is the base class's,
+exactly as for the transformers backend); this adapter supplies the scoring:
+
+- loglikelihood: the whole sequence x = ctx + cont (left-truncated to
+  max_length + 1 tokens) is one prompt; with `prompt_logprobs` vLLM returns
+  log p(x_i | x_<i) for each prompt position, so
+  log p(cont | ctx) = sum_{i in cont} log p(x_i | x_<i), and the continuation is
+  greedy iff every x_i has vocabulary rank 1. One `generate` call carries all
+  requests; vLLM batches them itself.
+- loglikelihood_rolling: lm-eval's disjoint rolling windows of max_length tokens,
+  each scored as above, summed per document.
+- generate_until: greedy decoding (or the task's sampling settings) with the
+  task's stop strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+
+__all__ = ["VLLMLM"]
+
+
+class VLLMLM(TemplateLM):
+    """An lm-eval LM whose requests run on `llm` (a `vllm.LLM`)."""
+
+    def __init__(self, llm: Any, tokenizer: Any, max_length: int, max_gen_toks: int = 256) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self._max_length = max_length
+        self.max_gen_toks = max_gen_toks
+
+    # ---- tokens ------------------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "tokenizer").replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        """As the transformers backend does: the tokenizer's default special tokens unless told."""
+        kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        enc = self.tokenizer.encode(string, **kw)
+        return enc[-left_truncate_len:] if left_truncate_len else enc
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def _score(self, sequences: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
+        """(tokens, n_cont) -> (sum of the last n_cont tokens' logprobs, all of them rank 1)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t, _ in sequences], params, use_tqdm=False)
+        results = []
+        for (tokens, n_cont), out in zip(sequences, outs):
+            lps = out.prompt_logprobs  # [len(tokens)], entry 0 is None
+            total, greedy = 0.0, True
+            for i in range(len(tokens) - n_cont, len(tokens)):
+                lp = lps[i][tokens[i]]
+                total += lp.logprob
+                greedy = greedy and lp.rank == 1
+            results.append((total, greedy))
+        return results
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        seqs = []
+        for _, ctx, cont in requests:
+            whole = (ctx + cont)[-(self.max_length + 1):]  # [<= max_length + 1]
+            seqs.append((whole, min(len(cont), len(whole) - 1)))
+        results = self._score(seqs)
+        for (key, _, _), res in zip(requests, results):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, res)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owner = [], []
+        for idx, (string,) in enumerate(req.args for req in requests):
+            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, ctx, cont))
+                owner.append(idx)
+        totals = [0.0] * len(requests)
+        for idx, (lp, _) in zip(owner, self._loglikelihood_tokens(windows)):
+            totals[idx] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        eos = self.tokenizer.decode([self.eot_token_id])
+        for req in requests:
+            context, gen_kwargs = req.args
+            kw = dict(gen_kwargs)
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_gen = int(kw.pop("max_gen_toks", self.max_gen_toks))
+            temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
+            ctx = self.tok_encode(context, left_truncate_len=max(1, self.max_length + 1 - max_gen))
+            prompts.append(TokensPrompt(prompt_token_ids=ctx))
+            params.append(SamplingParams(max_tokens=max_gen, temperature=temperature,
+                                         stop=[*until, eos] if eos else until))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        texts = [o.outputs[0].text for o in outs]
+        for req, text in zip(requests, texts):
+            self.cache_hook.add_partial("generate_until", req.args, text)
+        return texts
