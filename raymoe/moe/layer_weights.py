@@ -28,22 +28,32 @@ def load_layer_state(ckpt: SafetensorsCheckpoint, spec: MoeModelSpec, layer: int
     """State dict of decoder layer `layer` relative to the layer module (e.g. `mlp.gate.weight`)."""
     prefix = f"model.layers.{layer}."
     state: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[int, str], torch.Tensor] = {}
+    experts: dict[tuple[int, str], str] = {}
     for name in layer_tensor_names(ckpt, layer):
         role = spec.role(name)
         if role.kind == "expert":
             assert role.suffix == "weight", f"unexpected expert tensor {name}"
-            experts[(role.expert, role.proj)] = ckpt.get(name)
+            experts[(role.expert, role.proj)] = name
             continue
         rel = name[len(prefix):]
         if spec.arch.disk_block != "mlp" and rel.startswith(spec.arch.disk_block + "."):
             rel = "mlp." + rel[len(spec.arch.disk_block) + 1:]
         state[rel] = ckpt.get(name)
     if layer in spec.experts:
+        # fill the fused tensors expert by expert: peak memory is the fused tensors plus one expert tensor
         n = spec.experts[layer]
-        gate_up = [torch.cat([experts[(e, "gate")], experts[(e, "up")]], dim=0) for e in range(n)]  # [2I, H] each
-        state["mlp.experts.gate_up_proj"] = torch.stack(gate_up)  # [E, 2I, H]
-        state["mlp.experts.down_proj"] = torch.stack([experts[(e, "down")] for e in range(n)])  # [E, H, I]
+        gate_up = down = None
+        for e in range(n):
+            g, u, d = (ckpt.get(experts[(e, p)]) for p in ("gate", "up", "down"))  # [I, H], [I, H], [H, I]
+            if gate_up is None:
+                gate_up = torch.empty((n, g.shape[0] + u.shape[0], g.shape[1]), dtype=g.dtype)  # [E, 2I, H]
+                down = torch.empty((n, *d.shape), dtype=d.dtype)  # [E, H, I]
+            gate_up[e, : g.shape[0]] = g
+            gate_up[e, g.shape[0]:] = u
+            down[e] = d
+            del g, u, d
+        state["mlp.experts.gate_up_proj"] = gate_up
+        state["mlp.experts.down_proj"] = down
     return state
 
 

@@ -1,0 +1,149 @@
+"""`calibrate`: one calibration pass from a checkpoint and text to `CalibStats`.
+
+Order of work: the model spec and shard plan (fail fast on a missing or
+non-MoE model, or S > layers), the data (tokenised N x L samples), the
+executor (Ray stage pool, or all stages in-process), mean input embeddings ->
+k-means clusters (before the pass, see `raymoe.calib.clusters`), micro-batches
+with their probe tokens, the pass, then the reduction into `CalibStats` with
+its manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import ray
+
+import raymoe
+from raymoe.calib.batches import make_batches
+from raymoe.calib.clusters import assign_clusters, effective_clusters
+from raymoe.calib.config import CalibConfig
+from raymoe.calib.executors import EventHook, LocalExecutor, RayExecutor
+from raymoe.calib.pool import StagePool
+from raymoe.calib.reduce import Totals
+from raymoe.calib.shard import CalibrationError, StageRange, plan_stages
+from raymoe.data.text import CalibData, calibration_data
+from raymoe.errors import CheckpointError
+from raymoe.moe.safetensors_files import SafetensorsCheckpoint
+from raymoe.moe.spec import MoeModelSpec
+from raymoe.store.schema import CalibStats
+
+__all__ = ["calibrate", "prepare", "model_hash", "load_tokenizer", "Prepared"]
+
+
+def model_hash(path: str | Path, ckpt: SafetensorsCheckpoint) -> str:
+    """SHA-256 of config.json and every tensor's name, dtype, shape and byte range (not the bytes)."""
+    h = hashlib.sha256((Path(path) / "config.json").read_bytes())
+    for name in sorted(ckpt.infos):
+        i = ckpt.infos[name]
+        h.update(json.dumps([name, i.dtype, list(i.shape), i.file.name, i.start, i.end]).encode())
+    return h.hexdigest()
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+
+
+class Prepared:
+    """Everything checked before any actor starts: spec, checkpoint, stages, data."""
+
+    def __init__(self, model: str | Path, config: CalibConfig, data: str | Path | CalibData):
+        self.path = Path(model).resolve()
+        self.spec = MoeModelSpec.from_pretrained(self.path)
+        self.ckpt = SafetensorsCheckpoint(self.path)
+        budget = int(config.stage_memory_gb * 2**30) if config.stage_memory_gb else None
+        self.stages: list[StageRange] = plan_stages(self.spec, self.ckpt, config.stages, budget)
+        if isinstance(data, CalibData):
+            self.data = data
+        else:
+            tok = load_tokenizer(self.path)
+            self.data = calibration_data(data, tok, config.samples, config.seq_len, config.seed)
+        self.config = config
+        self.num_clusters = effective_clusters(config.clusters, self.data.samples)
+        self.probe_tokens = config.probe_count(self.spec.top_k, max(self.spec.experts.values()))
+
+
+def prepare(model: str | Path, config: CalibConfig, data: str | Path | CalibData) -> Prepared:
+    return Prepared(model, config, data)
+
+
+def _manifest(prep: Prepared, run_info: dict) -> dict:
+    cfg = prep.config
+    return {
+        "model": {"path": str(prep.path), "model_type": prep.spec.config.get("model_type"),
+                  "family": prep.spec.arch.family, "hash": model_hash(prep.path, prep.ckpt),
+                  "num_layers": prep.spec.num_layers, "experts": {str(k): v for k, v in prep.spec.experts.items()},
+                  "top_k": prep.spec.top_k, "hidden_size": prep.spec.hidden_size},
+        "data": dict(prep.data.info, hash=prep.data.hash),
+        "calibration": dict(cfg.manifest(), num_clusters=prep.num_clusters,
+                            probe_tokens_per_batch=prep.probe_tokens,
+                            cluster_features="mean input embedding (k-means before the pass)"),
+        "run": dict(run_info, stages=[s.to_dict() for s in prep.stages], replicas=cfg.replicas, local=cfg.local,
+                    placement=cfg.placement),
+        "raymoe_version": raymoe.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _start_ray(address: str | None, cpus_needed: float) -> None:
+    """Join `address`, or start a local Ray with at least the logical CPUs the stage actors reserve."""
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
+                 log_to_driver=False)
+
+
+def calibrate(model: str | Path | Prepared, config: CalibConfig | None = None, data: str | Path | CalibData = "wiki",
+              *, pool: StagePool | None = None, progress: bool = True, on_event: EventHook | None = None,
+              ray_address: str | None = None) -> CalibStats:
+    """Run one calibration pass. `pool`: an existing stage pool to reuse (it is left running)."""
+    prep = model if isinstance(model, Prepared) else Prepared(model, config or CalibConfig(), data)
+    cfg = prep.config
+    own_pool = False
+    if cfg.local:
+        executor = LocalExecutor()
+    else:
+        if not ray.is_initialized():
+            _start_ray(ray_address, len(prep.stages) * cfg.replicas * cfg.num_cpus)
+        if pool is None:
+            pool = StagePool(cfg.replicas, len(prep.stages), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                             placement=cfg.placement, max_restarts=cfg.max_restarts)
+            own_pool = True
+        elif (len(pool.actors), pool.stages) != (cfg.replicas, len(prep.stages)):
+            raise CalibrationError(f"stage pool is {len(pool.actors)} x {pool.stages}, "
+                                   f"the run needs {cfg.replicas} x {len(prep.stages)}")
+        executor = RayExecutor(pool, in_flight=cfg.in_flight, window=cfg.window, on_event=on_event)
+    try:
+        t0 = time.perf_counter()
+        infos = executor.setup(str(prep.path), prep.stages, prep.num_clusters, cfg.dtype)
+        t_setup = time.perf_counter() - t0
+        clusters = assign_clusters(executor.mean_embeddings(prep.data.ids), cfg.clusters, cfg.seed)
+        batches = make_batches(prep.data.ids, clusters, cfg.micro_batch, prep.probe_tokens, cfg.seed)
+        totals = Totals()
+        t1 = time.perf_counter()
+        info = executor.run(batches, totals, progress=progress)
+        seconds = time.perf_counter() - t1
+    finally:
+        if own_pool:
+            executor.close()
+    tokens = int(prep.data.ids.size)
+    run_info = dict(info, setup_seconds=round(t_setup, 3), pass_seconds=round(seconds, 3), tokens=tokens,
+                    tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
+                    actors=[{k: v for k, v in i.items() if k != "loaded"} | {"loaded_tensors": len(i["loaded"])}
+                            for i in infos])
+    stats = totals.build(prep.spec, _manifest(prep, run_info), batches, clusters, prep.num_clusters,
+                         prep.data.seq_len)
+    stats.extra["actor_loaded"] = [i["loaded"] for i in infos]
+    return stats

@@ -1,0 +1,140 @@
+"""The stats store: one directory per calibration, written atomically, never pickled.
+
+  manifest.json          model {path, model_type, hash, ...}, data {..., hash}, calibration {config},
+                         raymoe_version, created, num_clusters, files
+  experts.parquet        one row per (layer, expert): layer, expert, num_experts, top_k, tokens,
+                         probe_tokens and the [E] sums of `VECTOR_FIELDS`
+  matrices.safetensors   "L{layer}.{field}" for the matrix fields (float64 sums; probe_inputs float32)
+  sequences.parquet      per calibration sequence: seq, cluster, n_tokens, pooled (list<float64>, [H])
+  traces.parquet         sampled routing traces: seq, pos, layer, experts (list<int32>), weights (list<float32>)
+
+`save_stats` writes into a temporary sibling and renames it when complete
+(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.numpy import load_file, save_file
+
+from raymoe.errors import RaymoeError
+from raymoe.io import atomic_dir
+from raymoe.store.schema import MATRIX_FIELDS, VECTOR_FIELDS, CalibStats, LayerStats
+
+__all__ = ["StatsStoreError", "save_stats", "load_stats", "STORE_FILES"]
+
+STORE_FILES = ("manifest.json", "experts.parquet", "matrices.safetensors", "sequences.parquet", "traces.parquet")
+
+
+class StatsStoreError(RaymoeError):
+    """A stats directory is missing, incomplete, or would be overwritten."""
+
+
+def _experts_table(stats: CalibStats) -> pa.Table:
+    cols: dict[str, list] = {k: [] for k in ("layer", "expert", "num_experts", "top_k", "tokens", "probe_tokens")}
+    cols |= {name: [] for name in VECTOR_FIELDS}
+    for l in stats.moe_layers:
+        st = stats.layers[l]
+        for e in range(st.num_experts):
+            for k, v in (("layer", l), ("expert", e), ("num_experts", st.num_experts), ("top_k", st.top_k),
+                         ("tokens", st.tokens), ("probe_tokens", st.probe_tokens)):
+                cols[k].append(v)
+            for name in VECTOR_FIELDS:
+                cols[name].append(float(getattr(st, name)[e]))
+    types = {"layer": pa.int32(), "expert": pa.int32(), "num_experts": pa.int32(), "top_k": pa.int32()}
+    return pa.table({k: pa.array(v, type=types.get(k, pa.float64())) for k, v in cols.items()})
+
+
+def _sequences_table(stats: CalibStats, seq_len: int) -> pa.Table:
+    n = 0 if stats.seq_cluster is None else len(stats.seq_cluster)
+    pooled = stats.seq_pooled if stats.seq_pooled is not None else np.zeros((n, 0))
+    return pa.table({
+        "seq": pa.array(np.arange(n), pa.int64()),
+        "cluster": pa.array(np.asarray(stats.seq_cluster if n else [], dtype=np.int64), pa.int64()),
+        "n_tokens": pa.array(np.full(n, seq_len), pa.int64()),
+        "pooled": pa.array([row.astype(np.float64) for row in pooled], pa.list_(pa.float64())),
+    })
+
+
+def _traces_table(traces: dict | None) -> pa.Table:
+    t = traces or {"seq": [], "pos": [], "layer": [], "experts": np.zeros((0, 0)), "weights": np.zeros((0, 0))}
+    return pa.table({
+        "seq": pa.array(np.asarray(t["seq"], np.int64)), "pos": pa.array(np.asarray(t["pos"], np.int64)),
+        "layer": pa.array(np.asarray(t["layer"], np.int64)),
+        "experts": pa.array([r.astype(np.int32) for r in np.asarray(t["experts"])], pa.list_(pa.int32())),
+        "weights": pa.array([r.astype(np.float32) for r in np.asarray(t["weights"])], pa.list_(pa.float32())),
+    })
+
+
+def save_stats(stats: CalibStats, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write `stats` as a stats directory at `path` (atomically)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StatsStoreError(f"{path} already exists (choose another --out, or overwrite)")
+    matrices: dict[str, np.ndarray] = {}
+    for l, st in stats.layers.items():
+        for name in MATRIX_FIELDS:
+            value = getattr(st, name)
+            if value is not None:
+                dtype = np.float32 if name == "probe_inputs" else np.float64
+                matrices[f"L{l}.{name}"] = np.ascontiguousarray(value, dtype=dtype)
+    seq_len = int(stats.manifest.get("data", {}).get("seq_len", 0))
+    manifest = dict(stats.manifest, num_clusters=int(stats.num_clusters), files=list(STORE_FILES))
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        pq.write_table(_experts_table(stats), tmp / "experts.parquet")
+        save_file(matrices, str(tmp / "matrices.safetensors"), metadata={"format": "raymoe-stats"})
+        pq.write_table(_sequences_table(stats, seq_len), tmp / "sequences.parquet")
+        pq.write_table(_traces_table(stats.extra.get("traces")), tmp / "traces.parquet")
+    return path
+
+
+def _read_traces(path: Path) -> dict[str, np.ndarray]:
+    t = pq.read_table(path)
+    experts = t.column("experts").to_pylist()
+    return {"seq": t.column("seq").to_numpy(), "pos": t.column("pos").to_numpy(),
+            "layer": t.column("layer").to_numpy(),
+            "experts": np.asarray(experts, dtype=np.int32).reshape(len(experts), -1),
+            "weights": np.asarray(t.column("weights").to_pylist(), dtype=np.float32).reshape(len(experts), -1)}
+
+
+def load_stats(path: str | Path) -> CalibStats:
+    """Read a stats directory written by `save_stats`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StatsStoreError(f"stats directory {str(path)!r} does not exist")
+    missing = [f for f in STORE_FILES[:4] if not (path / f).is_file()]
+    if missing:
+        raise StatsStoreError(f"{path} is not a complete stats directory (missing {', '.join(missing)})")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as err:
+        raise StatsStoreError(f"{path}/manifest.json: invalid JSON ({err.msg})") from None
+    rows = pq.read_table(path / "experts.parquet").to_pydict()
+    matrices = load_file(str(path / "matrices.safetensors"))
+    layers: dict[int, LayerStats] = {}
+    for l in sorted(set(rows["layer"])):
+        pick = [i for i, v in enumerate(rows["layer"]) if v == l]
+        pick.sort(key=lambda i: rows["expert"][i])
+        first = pick[0]
+        st = LayerStats(layer=int(l), num_experts=int(rows["num_experts"][first]), top_k=int(rows["top_k"][first]),
+                        tokens=float(rows["tokens"][first]), probe_tokens=float(rows["probe_tokens"][first]))
+        for name in VECTOR_FIELDS:
+            setattr(st, name, np.asarray([rows[name][i] for i in pick], dtype=np.float64))
+        for name in MATRIX_FIELDS:
+            setattr(st, name, matrices.get(f"L{l}.{name}"))
+        layers[int(l)] = st
+    seqs = pq.read_table(path / "sequences.parquet")
+    pooled = seqs.column("pooled").to_pylist()
+    seq_pooled = np.asarray(pooled, dtype=np.float64) if pooled and len(pooled[0]) else None
+    extra = {}
+    if (path / "traces.parquet").is_file():
+        extra["traces"] = _read_traces(path / "traces.parquet")
+    return CalibStats(manifest=manifest, layers=layers, num_clusters=int(manifest.get("num_clusters", 0)),
+                      seq_cluster=seqs.column("cluster").to_numpy().astype(np.int64), seq_pooled=seq_pooled,
+                      extra=extra)
