@@ -1,21 +1,49 @@
-"""`raymoe prune`: write a pruned checkpoint from a plan file (`--plan PLAN.json SOURCE --out DIR`)."""
+"""`raymoe prune`: write a pruned checkpoint from a plan file or from a method.
+
+    raymoe prune --plan PLAN.json SOURCE --out DIR
+    raymoe prune STATS --method NAME --ratio R [--uniform] [--option k=v ...] --out VARIANT
+
+The method form validates the method, its options and the ratio before any
+work, plans from the stats store (the source checkpoint is the one the stats
+manifest names), and writes VARIANT (the pruned checkpoint with its plan.json)
+through `apply_plan`, atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from raymoe.errors import RaymoeError
 
-__all__ = ["Prune"]
+__all__ = ["Prune", "parse_option_pairs"]
+
+
+def parse_option_pairs(pairs: list[str] | None) -> dict:
+    """["k=v", ...] -> {k: v}; a value is read as JSON when it parses (numbers, true/false, null), else text."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RaymoeError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 class Prune:
     help = "write a pruned checkpoint: from a plan (--plan PLAN.json SOURCE) or a method (STATS --method NAME)"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("source", help="source checkpoint directory (with --plan)")
+        p.add_argument("source", help="source checkpoint directory (with --plan), or stats directory (with --method)")
         p.add_argument("--plan", type=Path, help="plan.json to apply")
+        p.add_argument("--method", help="pruning method (see `raymoe methods`)")
+        p.add_argument("--ratio", type=float, help="fraction of routed experts removed, in (0, 1)")
+        p.add_argument("--uniform", action="store_true", help="same kept count in every MoE layer")
+        p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
         p.add_argument("--out", type=Path, required=True, help="output checkpoint directory (must not exist)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -24,10 +52,39 @@ class Prune:
         from raymoe.checkpoint import apply_plan
         from raymoe.plan import PrunePlan
 
-        if args.plan is None:
-            raise RaymoeError("give --plan PLAN.json (method-driven pruning: --method NAME)")
-        plan = PrunePlan.load(args.plan)
-        out = apply_plan(args.source, plan, args.out, overwrite=args.overwrite, progress=not args.quiet)
+        if args.plan is not None and args.method is not None:
+            raise RaymoeError("give either --plan PLAN.json or --method NAME, not both")
+        if args.plan is None and args.method is None:
+            raise RaymoeError("give --plan PLAN.json, or --method NAME --ratio R (see `raymoe methods`)")
+        if args.plan is not None:
+            if args.ratio is not None or args.uniform or args.option:
+                raise RaymoeError("--ratio/--uniform/--option go with --method, not --plan")
+            plan = PrunePlan.load(args.plan)
+            source = args.source
+        else:
+            plan, source = self._plan_from_method(args)
+        out = apply_plan(source, plan, args.out, overwrite=args.overwrite, progress=not args.quiet)
         counts = plan.counts()
         print(f"wrote {out} ({sum(counts.values())} routed experts kept over {len(counts)} MoE layers)")
         return 0
+
+    def _plan_from_method(self, args: argparse.Namespace):
+        from raymoe.methods import budget_for, load_method, make_plan, parse_options
+        from raymoe.methods.budget import check_ratio
+        from raymoe.methods.common import model_path
+        from raymoe.store import load_stats
+
+        method = load_method(args.method)  # unknown method: error listing the known ones
+        options = parse_option_pairs(args.option)
+        if "progress" in method.Config.model_fields and "progress" not in options:
+            options["progress"] = not args.quiet
+        parse_options(method, options)  # unknown or bad options fail here, before any work
+        if args.ratio is None:
+            raise RaymoeError("--method needs --ratio R (the fraction of routed experts removed, in (0, 1))")
+        check_ratio(args.ratio)  # before the stats are read
+        if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+            raise RaymoeError(f"output directory {str(args.out)!r} already holds files; choose another --out")
+        stats = load_stats(args.source)
+        budget_for(stats, args.ratio, args.uniform)  # a ratio leaving < top_k experts fails here
+        plan = make_plan(stats, args.method, args.ratio, uniform=args.uniform, options=options)
+        return plan, model_path(stats)

@@ -1,0 +1,116 @@
+"""Pruning methods: a registry of name -> "module:Class", imported only when chosen.
+
+`make_plan(stats, "reap", 0.5)` validates the method name, its options and the
+budget before any work, opens the expert weights when the method needs them,
+and returns the PrunePlan. shared/METHODS.md says what each method computes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from raymoe.errors import RaymoeError
+from raymoe.methods.budget import Budget, BudgetError
+
+__all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load_method", "parse_options",
+           "budget_for", "open_weights", "make_plan", "describe_methods", "Budget", "BudgetError"]
+
+#: method name -> "module:Class" (heavy imports, e.g. torch_geometric, live inside those modules' functions)
+METHODS: dict[str, str] = {
+    "c-gnn-prune": "raymoe.methods.cgnn:CGnnPrune",
+    "c-prune": "raymoe.methods.cprune:CPrune",
+    "c-prune-merge": "raymoe.methods.cprune:CPruneMerge",
+    "pathfinder": "raymoe.methods.pathfinder:Pathfinder",
+    "random": "raymoe.methods.baselines:RandomPrune",
+    "frequency": "raymoe.methods.baselines:FrequencyPrune",
+    "soft-count": "raymoe.methods.baselines:SoftCountPrune",
+    "ean": "raymoe.methods.baselines:EanPrune",
+    "reap": "raymoe.methods.baselines:ReapPrune",
+    "naee": "raymoe.methods.naee:Naee",
+}
+
+
+class UnknownMethodError(RaymoeError):
+    """No method of that name is registered."""
+
+
+class OptionError(RaymoeError):
+    """A method option does not exist or has an invalid value."""
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def load_method(name: str):
+    """An instance of the registered method `name` (UnknownMethodError listing the known ones)."""
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def parse_options(method, options: Mapping[str, Any] | None):
+    """The method's validated config (OptionError names the first bad option and lists the valid ones)."""
+    try:
+        return method.Config.model_validate(dict(options or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        known = ", ".join(method.Config.model_fields) or "none"
+        if first["type"] == "extra_forbidden":
+            raise OptionError(f"method {method.name!r} has no option {where!r} (options: {known})") from None
+        raise OptionError(f"method {method.name!r} option {where!r}: {first['msg']} "
+                          f"(got {first.get('input')!r})") from None
+
+
+def budget_for(stats, ratio: float, uniform: bool = False) -> Budget:
+    from raymoe.methods.common import stats_spec
+
+    if not stats.layers:
+        raise BudgetError("the statistics hold no MoE layers")
+    return Budget.for_spec(stats_spec(stats), ratio, uniform=uniform, experts=stats.experts())
+
+
+def open_weights(stats, required: bool = True):
+    """The expert weights of the checkpoint the statistics came from (None if optional and absent)."""
+    from pathlib import Path
+
+    from raymoe.methods.common import StatsError, model_path
+    from raymoe.moe import ExpertWeights
+
+    model = stats.manifest.get("model") or {}
+    path = model.get("path") if isinstance(model, dict) else None
+    if not required and not (path and (Path(path) / "config.json").is_file()):
+        return None
+    if required and not (path and Path(path).exists()):
+        raise StatsError(f"this method needs the expert weights, but the stats' model {path!r} does not exist")
+    return ExpertWeights(model_path(stats))
+
+
+def make_plan(stats, method: str, ratio: float, *, uniform: bool = False,
+              options: Mapping[str, Any] | None = None, weights=None):
+    """Run `method` on `stats` for `ratio`; everything is validated before any work starts."""
+    m = load_method(method)
+    config = parse_options(m, options)
+    budget = budget_for(stats, ratio, uniform)
+    if weights is None and m.weights != "none":
+        weights = open_weights(stats, required=m.weights == "required")
+    return m.plan(stats, weights, budget, config)
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """Name, summary, weights need and options (type, default, description) of every method."""
+    out = []
+    for name in METHODS:
+        m = load_method(name)
+        opts = []
+        for key, field in m.Config.model_fields.items():
+            ann = field.annotation
+            typ = getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann).replace("typing.", "")
+            opts.append({"name": key, "type": typ, "default": field.default, "help": field.description or ""})
+        out.append({"name": name, "summary": m.summary, "weights": m.weights, "options": opts})
+    return out

@@ -1,0 +1,171 @@
+"""C-GNN-PRUNE modules 2-4: expert interaction graph, GCN auto-encoder embedding, Leiden communities.
+
+(Li, Wang, Wang, AAAI 2026; only the abstract is public, shared/METHODS.md makes it precise.)
+- Interaction graph of layer l: w_ij = lambda max(0, funcsim_ij) + (1 - lambda) J_ij,
+  J_ij = coact_ij / (c_i + c_j - coact_ij) the Jaccard index of the routed sets
+  (c_i = coact_ii = count_i); no self loops.
+- Node features: usage share, probability-mass share, REAP saliency, mean
+  activation norm, and the top `pca_dims` principal components of the mean
+  expert output; every column standardised within the layer.
+- Embedding: a 2-layer GCN (torch_geometric's dense GCN layer with edge
+  weights, message passing over each node's `knn` strongest edges) trained as a
+  graph auto-encoder: A_hat = sigmoid(Z Z^T) against A = W / max W with binary
+  cross-entropy (diagonal excluded). One GCN is trained on all layers' graphs
+  as one batch; seeded, deterministic on CPU.
+- Communities: graph S = beta max(0, cos(z_i, z_j)) + (1 - beta) J (kNN-sparsified),
+  Leiden modularity (graspologic's native Leiden) at the resolution whose community count is
+  closest to the target n_l (bisection on log10 resolution).
+torch_geometric and graspologic are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raymoe.methods.common import per_layer_share, single_thread
+from raymoe.store.schema import LayerStats
+
+__all__ = ["jaccard", "interaction_graph", "node_features", "knn_mask", "knn_edges", "train_gae",
+           "leiden_communities"]
+
+
+def jaccard(s: LayerStats) -> np.ndarray:
+    """Jaccard index of routed sets [E, E] from co-activation counts (0 on the diagonal)."""
+    co = np.asarray(s.coact, dtype=np.float64)
+    c = np.diagonal(co)
+    union = c[:, None] + c[None, :] - co
+    j = np.divide(co, union, out=np.zeros_like(co), where=union > 0)
+    np.fill_diagonal(j, 0.0)
+    return j
+
+
+def interaction_graph(s: LayerStats, lam: float) -> np.ndarray:
+    """w_ij = lam max(0, funcsim_ij) + (1 - lam) J_ij, zero diagonal -> [E, E]."""
+    w = lam * np.clip(np.asarray(s.funcsim, dtype=np.float64), 0.0, None) + (1 - lam) * jaccard(s)
+    w = (w + w.T) / 2
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    return np.divide(x - x.mean(axis=0), sd, out=np.zeros_like(x), where=sd > 1e-12)
+
+
+def node_features(s: LayerStats, pca_dims: int) -> np.ndarray:
+    """[E, 4 + pca_dims] standardised node features."""
+    mo = np.asarray(s.mean_output, dtype=np.float64)  # [E, H]
+    mo = mo - mo.mean(axis=0)
+    with single_thread():
+        evals, evecs = np.linalg.eigh(mo @ mo.T)  # [E], [E, E]: PCA scores from the Gram matrix (E << H)
+    top = np.argsort(-evals)[:pca_dims]
+    d = len(top)
+    proj = evecs[:, top] * np.sqrt(np.clip(evals[top], 0, None))  # [E, d] = U S of the SVD
+    proj *= np.where(proj.sum(axis=0) < 0, -1.0, 1.0)  # deterministic sign
+    proj = np.pad(proj, ((0, 0), (0, pca_dims - d)))
+    base = np.stack([per_layer_share(s.counts), per_layer_share(s.prob_mass), s.reap, s.act_norm], axis=1)
+    return _standardise(np.concatenate([base, proj], axis=1))
+
+
+def knn_mask(w: np.ndarray, k: int) -> np.ndarray:
+    """Symmetrised mask of each node's k strongest positive edges [E, E] (no diagonal)."""
+    E = len(w)
+    k = min(k, E - 1)
+    nbr = np.argsort(-w, axis=1, kind="stable")[:, :k]  # [E, k]
+    keep = np.zeros_like(w, dtype=bool)
+    keep[np.repeat(np.arange(E), k), nbr.ravel()] = True
+    keep = (keep | keep.T) & (w > 0)
+    np.fill_diagonal(keep, False)
+    return keep
+
+
+def knn_edges(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN-sparsified graph as (index [2, M], weight [M])."""
+    src, dst = np.nonzero(knn_mask(w, k))
+    return np.stack([src, dst]), w[src, dst]
+
+
+def train_gae(graphs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], *, hidden: int, dim: int,
+              epochs: int, lr: float, seed: int) -> list[np.ndarray]:
+    """Train one GCN auto-encoder on all layers' graphs; return each layer's embeddings [E_l, dim].
+
+    graphs: per layer (features [E, F], message-passing adjacency [E, E] (kNN-sparsified,
+    weighted), target adjacency [E, E]). The layers form one batch of dense graphs
+    (torch_geometric DenseGCNConv: D^-1/2 (A + I) D^-1/2 X W, padded to the largest E).
+    """
+    from torch_geometric.nn import DenseGCNConv
+
+    with single_thread():
+        return _train_gae(DenseGCNConv, graphs, hidden=hidden, dim=dim, epochs=epochs, lr=lr, seed=seed)
+
+
+def _train_gae(conv, graphs, *, hidden: int, dim: int, epochs: int, lr: float, seed: int) -> list[np.ndarray]:
+    torch.manual_seed(seed)
+    B, N, F = len(graphs), max(len(g[0]) for g in graphs), graphs[0][0].shape[1]
+    x = torch.zeros(B, N, F)
+    adj, target = torch.zeros(B, N, N), torch.zeros(B, N, N)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    for i, (feat, a, t) in enumerate(graphs):
+        E = len(feat)
+        x[i, :E] = torch.as_tensor(feat, dtype=torch.float32)
+        adj[i, :E, :E] = torch.as_tensor(a, dtype=torch.float32)
+        target[i, :E, :E] = torch.as_tensor(t / max(t.max(), 1e-12), dtype=torch.float32)
+        mask[i, :E] = True
+    pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(N, dtype=torch.bool)  # [B, N, N] scored pairs
+    weight = pairs.float() / pairs.sum((1, 2), keepdim=True).clamp_min(1)  # each layer counts once
+    conv1, conv2 = conv(F, hidden), conv(hidden, dim)
+    opt = torch.optim.Adam(list(conv1.parameters()) + list(conv2.parameters()), lr=lr)
+
+    def encode() -> torch.Tensor:
+        return conv2(torch.relu(conv1(x, adj, mask)), adj, mask)  # [B, N, dim]
+
+    for _ in range(epochs):
+        opt.zero_grad()
+        z = encode()
+        logits = torch.bmm(z, z.transpose(1, 2))  # [B, N, N] inner-product decoder
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        ((bce * weight).sum() / B).backward()
+        opt.step()
+    with torch.no_grad():
+        z = encode().numpy()
+    return [z[i, :len(g[0])] for i, g in enumerate(graphs)]
+
+
+def _leiden(edges: list[tuple[str, str, float]], n: int, resolution: float, seed: int) -> np.ndarray:
+    """graspologic's Leiden (modularity), called at its native core with the arguments
+    `graspologic.partition.leiden` passes (randomness 0.001, one iteration, one trial); importing
+    graspologic itself pulls networkx, numba, POT ... (about 20 s here) for nothing else."""
+    import graspologic_native as gn
+
+    part = {}
+    if edges:  # the native PRNG wants a positive seed
+        _, part = gn.leiden(edges=edges, starting_communities=None, resolution=resolution, randomness=0.001,
+                            iterations=1, use_modularity=True, seed=seed + 1, trials=1)
+    labels = np.full(n, -1)
+    for node, c in part.items():
+        labels[int(node)] = c
+    free = np.flatnonzero(labels < 0)  # isolated nodes: own communities
+    labels[free] = labels.max() + 1 + np.arange(len(free))
+    _, labels = np.unique(labels, return_inverse=True)
+    return labels
+
+
+def leiden_communities(adj: np.ndarray, target: int, *, seed: int, knn: int, steps: int = 14) -> tuple[np.ndarray, float]:
+    """Leiden partition of a weighted graph with about `target` communities -> (labels [E], resolution)."""
+    ei, ew = knn_edges(adj, knn)
+    edges = [(str(a), str(b), float(w)) for a, b, w in zip(ei[0], ei[1], ew) if a < b]
+    n = len(adj)
+    lo, hi = -3.0, 3.0
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        labels = _leiden(edges, n, 10 ** mid, seed)
+        count = int(labels.max()) + 1
+        key = (abs(count - target), mid)
+        if best is None or key < best[0]:
+            best = (key, labels, 10 ** mid)
+        if count == target:
+            break
+        lo, hi = (mid, hi) if count < target else (lo, mid)
+    return best[1], float(best[2])

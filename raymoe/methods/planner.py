@@ -1,0 +1,64 @@
+"""The planner actor: loads a stats store once, answers many (method, ratio, options) requests.
+
+The central actor of the design (shared/DESIGN.md): a sweep asks it for the
+plans of every (method, ratio, uniform, options) it needs; the statistics and
+the expert-weights view are read once and kept. Plans come back as JSON-able
+dicts (`PrunePlan.model_dump(mode="json")`), never as pickled objects on disk.
+
+    planner = Planner.remote("results/stats/olmoe")
+    plan = PrunePlan.model_validate(ray.get(planner.plan.remote("reap", 0.5)))
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+__all__ = ["Planner"]
+
+
+@ray.remote(num_cpus=1, memory=4 * 1024**3, max_restarts=1)
+class Planner:
+    """Ray actor holding one stats store (1 CPU, 4 GiB reserved; change with `Planner.options(...)`)."""
+
+    def __init__(self, stats_path: str):
+        from raymoe.store import load_stats
+
+        t0 = time.perf_counter()
+        self.stats_path = str(stats_path)
+        self.stats = load_stats(stats_path)
+        self.load_s = time.perf_counter() - t0
+        self._weights = None
+        self.served = 0
+
+    def _weights_for(self, method) -> Any:
+        from raymoe.methods import open_weights
+
+        if method.weights == "none":
+            return None
+        if self._weights is None:
+            self._weights = open_weights(self.stats, required=method.weights == "required")
+        return self._weights
+
+    def plan(self, method: str, ratio: float, uniform: bool = False,
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The plan of one request as a JSON-able dict (errors are RaymoeError subclasses)."""
+        from raymoe.methods import budget_for, load_method, make_plan, parse_options
+
+        m = load_method(method)
+        parse_options(m, options)
+        budget_for(self.stats, ratio, uniform)
+        plan = make_plan(self.stats, method, ratio, uniform=uniform, options=options, weights=self._weights_for(m))
+        self.served += 1
+        return plan.model_dump(mode="json")
+
+    def plans(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many requests: each {"method", "ratio", "uniform"?, "options"?}."""
+        return [self.plan(r["method"], r["ratio"], r.get("uniform", False), r.get("options")) for r in requests]
+
+    def info(self) -> dict[str, Any]:
+        s = self.stats
+        return {"stats": self.stats_path, "manifest": s.manifest, "experts": s.experts(), "load_s": self.load_s,
+                "served": self.served}
