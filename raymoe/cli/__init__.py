@@ -16,13 +16,25 @@ __all__ = ["main", "SUBCOMMANDS"]
 
 #: subcommand name -> "module:Class"; heavy imports happen only for the chosen one.
 SUBCOMMANDS: dict[str, str] = {
+    "calibrate": "raymoe.cli.calibrate:Calibrate",
+    "eval": "raymoe.cli.eval:Eval",
+    "methods": "raymoe.cli.methods:Methods",
     "prune": "raymoe.cli.prune:Prune",
+    "report": "raymoe.cli.report:Report",
+    "run": "raymoe.cli.run:Run",
     "smoke": "raymoe.cli.smoke:Smoke",
+    "testbed": "raymoe.cli.testbed:Testbed",
 }
 
 _HELP: dict[str, str] = {
+    "calibrate": "stream calibration text through Ray stage actors, write a stats directory",
+    "eval": "score variants on lm-eval tasks with a Ray fleet of vLLM or transformers workers",
+    "methods": "list pruning methods with their options and defaults",
     "prune": "write a pruned checkpoint from a plan (or a method)",
+    "report": "Markdown + PNG plots from a run's results",
+    "run": "run (or resume) a sweep spec: calibrate, plan, apply, evaluate, report",
     "smoke": "build a tiny model, prune it, check it loads (the main job until sweeps exist)",
+    "testbed": "MoEfy SmolLM2-135M into the offline real-data testbed MoE (cached)",
 }
 
 

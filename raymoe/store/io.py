@@ -97,6 +97,9 @@ def save_stats(stats: CalibStats, path: str | Path, *, overwrite: bool = False) 
 def _read_traces(path: Path) -> dict[str, np.ndarray]:
     t = pq.read_table(path)
     experts = t.column("experts").to_pylist()
+    if not experts:  # a store written without traces
+        return {"seq": np.zeros(0, np.int64), "pos": np.zeros(0, np.int64), "layer": np.zeros(0, np.int64),
+                "experts": np.zeros((0, 0), np.int32), "weights": np.zeros((0, 0), np.float32)}
     return {"seq": t.column("seq").to_numpy(), "pos": t.column("pos").to_numpy(),
             "layer": t.column("layer").to_numpy(),
             "experts": np.asarray(experts, dtype=np.int32).reshape(len(experts), -1),

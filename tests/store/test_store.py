@@ -111,3 +111,18 @@ def test_errors(tmp_path):
     (tmp_path / "s" / "experts.parquet").unlink()
     with pytest.raises(StatsStoreError, match="missing experts.parquet"):
         load_stats(tmp_path / "s")
+
+
+def test_store_without_traces_round_trips(tmp_path):
+    """A store whose stats carry no routing traces (e.g. synthetic ones) loads back."""
+    from raymoe.methods.synthetic import synthetic_stats
+    from raymoe.store import load_stats, save_stats
+
+    cfg = dict(model_type="mixtral", num_hidden_layers=2, num_local_experts=8, num_experts_per_tok=2,
+               hidden_size=16, intermediate_size=8, hidden_act="silu")
+    stats = synthetic_stats(cfg, seed=0, sequences=4, seq_len=8, clusters=2, traced_sequences=0)
+    stats.extra.pop("traces", None)
+    save_stats(stats, tmp_path / "s")
+    back = load_stats(tmp_path / "s")
+    assert back.extra["traces"]["experts"].shape[0] == 0
+    assert back.moe_layers == stats.moe_layers

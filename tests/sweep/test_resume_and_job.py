@@ -1,0 +1,139 @@
+"""Sweeps end to end: killed and resumed without redoing steps; submitted as a Ray job to a loopback head."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def spec_text(model: Path, out: Path) -> str:
+    return textwrap.dedent(f"""\
+        name: tiny
+        model: {model}
+        calibration: {{data: wiki, samples: 8, seq_len: 64, stages: 2}}
+        methods:
+          - {{name: frequency}}
+          - {{name: reap}}
+          - {{name: random, seeds: [0]}}
+        ratios: [0.5]
+        eval: {{tasks: [wiki_ppl, arc_easy], limit: 4}}
+        resources: {{num_cpus: 4}}
+        output: {out}
+        """)
+
+
+def values(run_dir: Path) -> list[tuple]:
+    df = pl.read_parquet(run_dir / "results.parquet")
+    return sorted(df.select("variant", "task", "metric", "value").rows())
+
+
+def records(run_dir: Path) -> dict[str, float]:
+    return {p.stem: json.loads(p.read_text())["finished"] for p in (run_dir / "steps").glob("*.json")}
+
+
+def raymoe(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raymoe", *args], env=ENV, capture_output=True, text=True,
+                          timeout=900, **kw)
+
+
+def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
+    model = tiny_model("mixtral")
+    (tmp_path / "full.yaml").write_text(spec_text(model, tmp_path / "runs" / "full"))
+    (tmp_path / "killed.yaml").write_text(spec_text(model, tmp_path / "runs" / "killed"))
+
+    full = raymoe("run", str(tmp_path / "full.yaml"), "--quiet")
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    # start the same sweep in another run directory and kill it once some variants are evaluated
+    proc = subprocess.Popen([sys.executable, "-m", "raymoe", "run", str(tmp_path / "killed.yaml"), "--quiet"],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    steps = tmp_path / "runs" / "killed" / "steps"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(steps.glob("eval-*.json"))) >= 4:  # baseline's 2 tasks + at least one variant
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = records(tmp_path / "runs" / "killed")
+    assert not (tmp_path / "runs" / "killed" / "results.parquet").exists()
+    assert 4 <= sum(k.startswith("eval-") for k in before) < 8
+
+    resumed = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "killed"
+    executed = set(json.loads((run_dir / "steps.json").read_text())["executed"])
+    assert executed and not executed & set(before), "a finished step was redone"
+    after = records(run_dir)
+    assert all(after[k] == t for k, t in before.items()), "a finished step's record was rewritten"
+    assert sum(k.startswith("eval-") for k in after) == 8  # (3 variants + unpruned) x 2 tasks
+    assert values(run_dir) == values(tmp_path / "runs" / "full")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_as_ray_job_on_loopback_head(tiny_model, tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port, dash = _free_port(), _free_port()
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "spec.yaml").write_text(spec_text(tiny_model("mixtral"), tmp_path / "runs" / "job"))
+    env = ENV | {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}  # loopback test cluster: no token
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:  # the head's job agent comes up some seconds after `ray start` returns
+            sub = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", str(job_dir),
+                                  "--no-wait", "--", sys.executable, "-m", "raymoe", "run", "spec.yaml", "--quiet"],
+                                 env=env, capture_output=True, text=True, timeout=180)
+            if sub.returncode == 0 or "No available agent" not in sub.stderr or time.time() > deadline:
+                break
+            time.sleep(3)
+        assert sub.returncode == 0, sub.stderr[-2000:]
+        job_id = re.search(r"raysubmit_[A-Za-z0-9]+", sub.stdout + sub.stderr).group(0)
+        status = ""
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            st = subprocess.run([ray_bin, "job", "status", "--address", address, job_id], env=env,
+                                capture_output=True, text=True, timeout=60)
+            status = (st.stdout + st.stderr).upper()  # the verdict is logged on stderr
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                break
+            time.sleep(2)
+        logs = subprocess.run([ray_bin, "job", "logs", "--address", address, job_id], env=env,
+                              capture_output=True, text=True, timeout=60).stdout
+        assert "SUCCEEDED" in status, logs[-3000:]
+        assert "report:" in logs
+        run_dir = tmp_path / "runs" / "job"
+        df = pl.read_parquet(run_dir / "results.parquet")
+        assert df.select("variant", "task").unique().height == 8
+        assert (run_dir / "report" / "report.md").is_file()
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
