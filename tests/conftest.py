@@ -28,3 +28,14 @@ def tiny_model(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_shutdown_after_module():
+    """Each test module gets a Ray-free start: a module that initialised Ray shuts it down after."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -97,7 +97,7 @@ def _free_port() -> int:
 
 def test_sweep_as_ray_job_on_loopback_head(tiny_model, tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent, agent_grpc, metrics = (_free_port() for _ in range(5))
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "spec.yaml").write_text(spec_text(tiny_model("mixtral"), tmp_path / "runs" / "job"))
@@ -106,7 +106,8 @@ def test_sweep_as_ray_job_on_loopback_head(tiny_model, tmp_path):
     # (`ray stop` would stop every Ray instance on the machine, other tests' included)
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
-                             "--disable-usage-stats", f"--temp-dir={tempfile.mkdtemp(prefix='rj', dir='/tmp')}"],
+                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                             f"--metrics-export-port={metrics}", "--disable-usage-stats", f"--temp-dir={tempfile.mkdtemp(prefix='rj', dir='/tmp')}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:

@@ -68,11 +68,14 @@ def test_missing_model(tmp_path):
         load_spec(write(tmp_path, base(str(tmp_path / "nope"))))
 
 
-def test_cli_fails_before_ray(tmp_path, capsys):
+def test_cli_fails_before_ray(tmp_path, capsys, monkeypatch):
     import ray
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called before the spec was validated")
+
+    monkeypatch.setattr(ray, "init", no_ray)
     code = main(["run", str(write(tmp_path, base(str(tmp_path / "nope"))))])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
-    assert not ray.is_initialized()
     assert not (tmp_path / "results").exists()
