@@ -49,7 +49,7 @@ class TestbedConfig(BaseModel):
     strata: int = Field(2, ge=1, description="importance strata the routed neurons are split into before clustering")
     calib_tokens: int = Field(16384, ge=256, le=131072, description="calibration tokens the builder fits on")
     seq_len: int = Field(512, ge=16, le=2048)
-    coact_tokens: int = Field(4096, ge=64, description="tokens sampled for the co-activation patterns (at most calib_tokens used)")
+    coact_tokens: int = Field(4096, ge=64, description="tokens sampled for co-activation patterns (<= calib_tokens)")
     router_steps: int = Field(100, ge=0, description="L-BFGS iterations of the router fit")
     router_temperature: float = Field(1.0, gt=0, description="tau in q_e ~ ||f_e||^(1/tau), the router's target")
     down: Literal["k", "scale", "lstsq"] = Field("lstsq", description="how expert down projections are fitted")
@@ -80,7 +80,8 @@ class TestbedConfig(BaseModel):
     def _check(self) -> "TestbedConfig":
         routed = self.routed_width
         if self.layout == "shared" and not 0 < self.shared < DENSE_MLP_WIDTH:
-            raise TestbedConfigError(f"--shared must be in 1..{DENSE_MLP_WIDTH - 1} for layout shared, got {self.shared}")
+            raise TestbedConfigError(
+                f"--shared must be in 1..{DENSE_MLP_WIDTH - 1} for layout shared, got {self.shared}")
         if self.layout == "mixtral" and self.shared:
             raise TestbedConfigError("--shared applies to layout shared only (layout mixtral has no shared expert)")
         if routed % self.experts:

