@@ -40,7 +40,7 @@ test-unit: setup
 
 ## the main job on the embedded default
 main: setup
-	$(VENV)/bin/raymoe smoke --out results/smoke
+	$(VENV)/bin/raymoe run jobs/quickstart.yaml
 
 clean:
-	rm -rf results/smoke
+	rm -rf results/smoke results/quickstart

@@ -1,7 +1,8 @@
 """Calibration text: named corpora or files, tokenised into N samples of L tokens.
 
 A source is a named corpus (`wiki`, `c4`, `code`, `tiny`, ... from the
-exllamav2 package data), a UTF-8 `.txt` file, or a `.jsonl` file (one JSON
+exllamav2 package data, or `wiki_calib` / `wiki_heldout`, the article split of
+`raymoe.data.splits`), a UTF-8 `.txt` file, or a `.jsonl` file (one JSON
 object per line with a `text` field, or one JSON string per line). The whole
 text is tokenised once (no special tokens), cut into consecutive windows of
 L tokens, and N windows are drawn without replacement by a seeded permutation;
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from raymoe.data.packages import NAMED_CORPORA, named_corpus_path
+from raymoe.data.splits import SPLIT_CORPORA, split_corpus_text
 from raymoe.errors import RaymoeError
 
 __all__ = ["DataError", "TextSource", "CalibData", "load_text", "sample_windows", "calibration_data"]
@@ -76,10 +78,13 @@ def load_text(source: str | Path) -> TextSource:
     if src in NAMED_CORPORA:
         path, kind = named_corpus_path(src), "named"
         text = path.read_text(encoding="utf-8")
+    elif src in SPLIT_CORPORA:
+        path, kind = named_corpus_path(SPLIT_CORPORA[src][0]), "named"
+        text = split_corpus_text(src)
     else:
         path = Path(src)
         if not path.is_file():
-            known = ", ".join(NAMED_CORPORA)
+            known = ", ".join([*NAMED_CORPORA, *SPLIT_CORPORA])
             raise DataError(f"calibration data {src!r} is neither a corpus name ({known}) nor an existing file")
         kind = "jsonl" if path.suffix.lower() == ".jsonl" else "txt"
         try:

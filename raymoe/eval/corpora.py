@@ -2,20 +2,15 @@
 
 - wiki: articles delimited by `<doc id=... title=...>` ... `</doc>`; a document is
   the article text without the markup.
+  `wiki_heldout` keeps only the held-out articles (never calibration text).
 - c4: one web document per line.
 """
 
 from __future__ import annotations
 
-import re
+from raymoe.data.splits import split_wiki, take_split
 
-__all__ = ["split_wiki", "split_lines", "wiki_docs", "c4_docs"]
-
-_DOC = re.compile(r"<doc\b[^>]*>\n?(.*?)</doc>", re.S)
-
-
-def split_wiki(text: str) -> list[str]:
-    return [d.strip() for d in _DOC.findall(text) if d.strip()]
+__all__ = ["split_wiki", "split_lines", "wiki_docs", "wiki_heldout_docs", "c4_docs"]
 
 
 def split_lines(text: str) -> list[str]:
@@ -32,6 +27,11 @@ def _docs(dataset, split):
 def wiki_docs(dataset):
     """lm-eval `process_docs`: the file-as-one-row dataset -> one row per wiki article."""
     return _docs(dataset, split_wiki)
+
+
+def wiki_heldout_docs(dataset):
+    """lm-eval `process_docs`: only the held-out wiki articles (the last 25%, see `raymoe.data.splits`)."""
+    return _docs(dataset, lambda text: take_split(split_wiki(text), "heldout"))
 
 
 def c4_docs(dataset):

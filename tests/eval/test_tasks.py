@@ -74,6 +74,8 @@ def test_corpus_splitting():
     ("mmlu_anatomy", lambda: arrow_rows("hails/mmlu_no_train/anatomy/test")),
     ("gsm8k", lambda: 1319),
     ("wiki_ppl", lambda: named_corpus_path("wiki").read_text().count("</doc>")),
+    ("wiki_heldout_ppl", lambda: named_corpus_path("wiki").read_text().count("</doc>")
+     - round(named_corpus_path("wiki").read_text().count("</doc>") * 0.75)),
     ("c4_ppl", lambda: sum(1 for ln in named_corpus_path("c4").read_text().splitlines() if ln.strip())),
 ])
 def test_generated_yaml_loads_full_set(name, expected, tmp_path):
@@ -106,3 +108,20 @@ def test_boolq_targets_follow_the_boolean_answer(tmp_path):
     docs = list(task.eval_docs)[:50]
     assert [task.doc_to_target(d) for d in docs] == [int(d["answer"]) for d in docs]
     assert task.doc_to_choice(docs[0]) == ["no", "yes"]
+
+
+def test_heldout_task_reads_only_articles_absent_from_the_calibration_split(tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    from raymoe.data import load_text
+
+    write_task_yaml("wiki_heldout_ppl", tmp_path)
+    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["wiki_heldout_ppl"])["tasks"]
+    docs = [task["wiki_heldout_ppl"].doc_to_target(d) for d in task["wiki_heldout_ppl"].eval_docs]
+    whole = split_wiki(named_corpus_path("wiki").read_text())
+    assert docs == whole[len(whole) - len(docs):]  # the tail of the article list, in order
+    calib = load_text("wiki_calib").text
+    assert load_text("wiki_heldout").text == "\n\n".join(docs)
+    assert calib == "\n\n".join(whole[: len(whole) - len(docs)])
+    assert not set(docs) & set(whole[: len(whole) - len(docs)])
+    assert not any(d in calib for d in docs if len(d) > 200)  # no held-out article's text is in the calibration text

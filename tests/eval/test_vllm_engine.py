@@ -90,3 +90,40 @@ def test_lm_eval_scores_match_transformers_backend(vllm_worker, eval_models):
         assert g.keys() == h.keys() and all(g[m]["n"] == h[m]["n"] == task.limit for m in g)
         for m in g:
             assert g[m]["value"] == pytest.approx(h[m]["value"], rel=1e-4), m
+
+
+@pytest.fixture(scope="module")
+def tiny_testbed(tmp_path_factory):
+    """A testbed export (shared layout: stock Qwen2-MoE with a shared expert) of a random dense Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from raymoe.testbed.build import moefy_model
+    from raymoe.testbed.config import DENSE_MLP_WIDTH, TestbedConfig
+    from raymoe.testbed.export import build_moe_model
+    from raymoe.testing import build_tokenizer
+
+    torch.manual_seed(0)
+    dense = LlamaForCausalLM(LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=DENSE_MLP_WIDTH, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2)).eval()
+    cfg = TestbedConfig.parse(experts=8, top_k=2, shared=512, calib_tokens=512, seq_len=64, coact_tokens=256,
+                              router_steps=10)
+    ids = torch.randint(3, 320, (8, 64), generator=torch.Generator().manual_seed(1))
+    out = tmp_path_factory.mktemp("testbed") / "tiny"
+    build_moe_model(dense, moefy_model(dense, ids, cfg, progress=False), cfg).save_pretrained(out)
+    build_tokenizer().save_pretrained(out)
+    return out
+
+
+def test_testbed_export_serves_on_vllm(vllm_worker, tiny_testbed):
+    """vLLM's Qwen2-MoE always has q/k/v biases: the export writes zeros, else vLLM reads uninitialised memory."""
+    import ray
+
+    batch = prompts(320)
+    got = ray.get(vllm_worker.greedy_and_logprobs.remote(str(tiny_testbed), batch, NEW_TOKENS))
+    assert got["model_class"] == "Qwen2MoeForCausalLM"
+    tokens, logprobs = hf_reference(tiny_testbed, batch)
+    assert got["tokens"] == tokens
+    diff = max(abs(a - b) for g, r in zip(got["logprobs"], logprobs) for a, b in zip(g, r))
+    assert diff < LOGPROB_TOL, diff

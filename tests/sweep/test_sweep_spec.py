@@ -53,6 +53,8 @@ def test_shipped_specs_parse(path):
     (("{name: frequency}", "{name: frequencyy}"), 4, "unknown method 'frequencyy'"),
     (("{name: frequency}", "{name: frequency, options: {nope: 1}}"), 4, "no option 'nope'"),
     (("[wiki_ppl, arc_easy]", "[wiki_ppl, arc_eesy]"), 8, "unknown task 'arc_eesy'"),
+    (("    ratios: [0.25, 0.5]", "    ratios: [0.25, 0.5]\n    calibration: {data: wikii}"), 8,
+     "calibration.data: 'wikii' is neither a corpus name"),
 ])
 def test_bad_spec_names_line(tiny_model, tmp_path, edit, line, needle):
     text = base(tiny_model("mixtral")).replace(*edit)

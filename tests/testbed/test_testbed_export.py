@@ -82,6 +82,8 @@ def test_untouched_weights_are_copied(dense):
                  "model.layers.0.post_attention_layernorm.weight"):
         torch.testing.assert_close(sd[name], src[name], rtol=0, atol=0)
     torch.testing.assert_close(sd["lm_head.weight"], src["model.embed_tokens.weight"], rtol=0, atol=0)
+    for proj in ("q_proj", "k_proj", "v_proj"):  # zero biases, written for vLLM (which always allocates them)
+        assert moe.config.qkv_bias and not sd[f"model.layers.0.self_attn.{proj}.bias"].any()
     assert not moe.config.tie_word_embeddings
     np.testing.assert_array_equal(sd["model.layers.0.mlp.shared_expert_gate.weight"].numpy(), 0.0)
 
