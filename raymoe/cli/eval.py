@@ -17,7 +17,7 @@ class Eval:
         p.add_argument("variants", nargs="*", metavar="VARIANT", help="checkpoint directory, or NAME=DIR")
         p.add_argument("--tasks", required=True,
                        help="comma-separated tasks, each NAME or NAME:LIMIT (offline: arc_easy, arc_challenge, piqa, "
-                            "hellaswag, winogrande, boolq, mmlu, mmlu_<subject>, gsm8k, wiki_ppl, c4_ppl)")
+                            "hellaswag, winogrande, boolq, mmlu, mmlu_<subject>, gsm8k, wiki_ppl, wiki_heldout_ppl, c4_ppl)")
         p.add_argument("--limit", type=int, default=None, help="documents per task where NAME:LIMIT is not given")
         p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
         p.add_argument("--workers", type=int, default=1, help="engine actors in the pool")

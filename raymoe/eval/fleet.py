@@ -74,6 +74,7 @@ class EvalFleet:
         self.busy: dict[str, Job] = {}
         self.deaths = 0
         self._next_id = 0
+        self.started = False
 
     # ---- pool ------------------------------------------------------------------------------
     def __enter__(self) -> "EvalFleet":
@@ -93,6 +94,7 @@ class EvalFleet:
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         for _ in range(self.opts.workers):
             self._add_worker()
+        self.started = True
 
     def _add_worker(self) -> str:
         wid = f"{self.opts.backend}-{self._next_id}"
@@ -127,7 +129,11 @@ class EvalFleet:
     # ---- run -------------------------------------------------------------------------------
     def run(self, variants: list[Variant], tasks: list[TaskRequest], *, run_id: str,
             on_event: Callable[[FleetEvent], None] | None = None, progress: bool = True) -> list[dict]:
-        """Score every (variant, task) pair; return the result rows (see raymoe.eval.results.SCHEMA)."""
+        """Score every (variant, task) pair; return the result rows (see raymoe.eval.results.SCHEMA).
+
+        Starts the workers on first use when the fleet was not started (or entered) before."""
+        if not self.started:
+            self.start()
         notify = on_event or (lambda e: None)
         pending = deque(Job(v, t) for v in variants for t in tasks)
         done: dict[tuple[str, str], list[dict]] = {}

@@ -181,6 +181,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     import ray
     from tqdm.auto import tqdm
 
+    from raymoe.eval.backends import check_backend
     from raymoe.eval.fleet import EvalFleet
     from raymoe.eval.options import FleetOptions
     from raymoe.eval.results import write_results
@@ -195,6 +196,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
         else:
             ray.init(num_cpus=res.num_cpus or max(os.cpu_count() or 1, 4), num_gpus=res.num_gpus,
                      include_dashboard=False, log_to_driver=False)
+    opts = FleetOptions(backend=spec.eval.backend, workers=spec.eval.workers)
+    check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work
     model = sw.model()
     stats_dir = sw.calibrate(model)
     stats_id = stats_dir.name
@@ -209,9 +212,9 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     producer = threading.Thread(target=_produce, args=(sw, stats_dir, stats_id, grid, ready, errors), daemon=True)
     producer.start()
     bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="eval", disable=not progress)
-    opts = FleetOptions(backend=spec.eval.backend, workers=spec.eval.workers)
     eval_ids: list[str] = []
-    with EvalFleet(opts) as fleet:
+    fleet = EvalFleet(opts)  # workers start on the first evaluation still to do (none on a finished rerun)
+    try:
         if spec.baseline:
             eval_ids += _evaluate(sw, fleet, _variant_from(model, "unpruned"), tasks,
                                   {"variant": "unpruned", "stats": stats_id})
@@ -222,6 +225,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
             eval_ids += _evaluate(sw, fleet, variant, tasks, {"variant": step_id("variant", cell.params(stats_id))})
             bar.update(len(tasks))
             bar.set_postfix_str(name, refresh=False)
+    finally:
+        fleet.shutdown()
     bar.close()
     producer.join()
     if errors:
@@ -230,5 +235,5 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     rows = pl.concat(frames).to_dicts() if frames else []
     write_results(sw.run_dir / "results.parquet", rows, overwrite=True)
     build_report(sw.run_dir, stats_dir)
-    atomic_write_json(sw.run_dir / "steps.json", {"executed": sw.redone})
+    atomic_write_json(sw.run_dir / "steps.json", {"executed": sw.redone, "eval_workers_started": fleet.started})
     return sw.run_dir

@@ -88,6 +88,11 @@ def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
     assert sum(k.startswith("eval-") for k in after) == 8  # (3 variants + unpruned) x 2 tasks
     assert values(run_dir) == values(tmp_path / "runs" / "full")
 
+    again = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")  # finished: nothing to do, no eval workers
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run_dir / "steps.json").read_text()) == {"executed": [], "eval_workers_started": False}
+    assert values(run_dir) == values(tmp_path / "runs" / "full")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
