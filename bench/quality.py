@@ -67,7 +67,7 @@ def quality_table(results: pl.DataFrame) -> pl.DataFrame:
             .sort("ratio", "method", "seed"))
 
 
-def markdown(table: pl.DataFrame, seeds: int) -> str:
+def markdown(table: pl.DataFrame) -> str:
     """Per (method, ratio): random's seeds averaged (± their standard deviation); sorted by retained accuracy."""
     cols = ["wiki_ppl", *(f"{t}_acc" for t in ACC_TASKS), "retained"]
     agg = (table.group_by("method", "ratio")
@@ -109,7 +109,7 @@ def main() -> int:
     tmp.replace(run_dir / "quality.parquet")
     md = (f"Testbed quality: ARC-Easy/PIQA first {args.items} items, held-out wiki {args.ppl_docs} articles, "
           f"calibration wiki_calib {args.samples}x{args.seq_len}; sweep {time.perf_counter() - t0:.0f} s.\n\n"
-          + markdown(table, len(args.seeds)))
+          + markdown(table))
     atomic_write_text(run_dir / "quality.md", md)
     print(md)
     print(f"wrote {run_dir / 'quality.parquet'} and {run_dir / 'quality.md'}")

@@ -44,7 +44,11 @@ def score(name: str, path: Path, args) -> dict:
 def save_dense(out: Path) -> Path:
     from raymoe.testbed.source import load_dense, load_tokenizer
 
-    load_dense().save_pretrained(out)
+    dense = load_dense()  # dequantised float32; drop the GGUF quantizer marker so it saves as plain Llama
+    dense.hf_quantizer = None
+    if hasattr(dense.config, "quantization_config"):
+        del dense.config.quantization_config
+    dense.save_pretrained(out)
     load_tokenizer().save_pretrained(out)
     return out
 
