@@ -13,6 +13,7 @@ This is a sweep (`raymoe.sweep.run_sweep`), so it is resumable and shares the
 calibration cache; the table is derived from the sweep's `results.parquet`:
 
     retained = mean over tasks t in {arc_easy, piqa} of acc_t(variant) / acc_t(unpruned)
+    ppl / unpruned = wiki_ppl(variant) / wiki_ppl(unpruned)
 
 Writes `<out>/quality.parquet` (one row per variant, random's seeds included)
 and `<out>/quality.md`, and prints the Markdown table.
@@ -60,26 +61,30 @@ def quality_table(results: pl.DataFrame) -> pl.DataFrame:
     if base.height != 1:
         raise SystemExit("error: the results hold no unpruned row to compare against")
     retained = sum(pl.col(f"{t}_acc") / base[f"{t}_acc"][0] for t in ACC_TASKS) / len(ACC_TASKS)
+    ppl_ratio = pl.col("wiki_ppl") / base["wiki_ppl"][0]
     seed = pl.col("variant").str.extract(r"seed=(\d+)").cast(pl.Int64)
-    return (wide.with_columns(retained.alias("retained"), seed.alias("seed"),
+    return (wide.with_columns(retained.alias("retained"), ppl_ratio.alias("ppl_ratio"), seed.alias("seed"),
                               pl.col("method").fill_null("unpruned"), pl.col("ratio").fill_null(0.0))
-            .select("method", "ratio", "seed", "variant", "wiki_ppl", *(f"{t}_acc" for t in ACC_TASKS), "retained")
+            .select("method", "ratio", "seed", "variant", "wiki_ppl", "ppl_ratio", *(f"{t}_acc" for t in ACC_TASKS),
+                    "retained")
             .sort("ratio", "method", "seed"))
 
 
 def markdown(table: pl.DataFrame) -> str:
-    """Per (method, ratio): random's seeds averaged (± their standard deviation); sorted by retained accuracy."""
-    cols = ["wiki_ppl", *(f"{t}_acc" for t in ACC_TASKS), "retained"]
+    """Per (method, ratio): random's seeds averaged (± their standard deviation); best perplexity first."""
+    cols = ["wiki_ppl", "ppl_ratio", *(f"{t}_acc" for t in ACC_TASKS), "retained"]
     agg = (table.group_by("method", "ratio")
            .agg(*(pl.col(c).mean() for c in cols), *(pl.col(c).std().alias(f"{c}_sd") for c in cols), pl.len().alias("runs"))
-           .sort(["ratio", "retained"], descending=[False, True]))
-    lines = ["| removed | method | wiki ppl (held-out) | ARC-Easy acc | PIQA acc | retained acc |", "|---|---|---|---|---|---|"]
+           .sort("ratio", "wiki_ppl"))
+    lines = ["| removed | method | wiki ppl (held-out) | ppl / unpruned | ARC-Easy acc | PIQA acc | retained acc |",
+             "|---|---|---|---|---|---|---|"]
     for r in agg.iter_rows(named=True):
         def cell(c: str, fmt: str) -> str:
             sd = f" ± {r[c + '_sd']:{fmt}}" if r["runs"] > 1 and r[c + "_sd"] is not None else ""
             return f"{r[c]:{fmt}}{sd}"
         name = r["method"] + (f" (mean of {r['runs']} seeds)" if r["runs"] > 1 else "")
-        lines.append(f"| {r['ratio']:.0%} | {name} | {cell('wiki_ppl', '.1f')} | {cell('arc_easy_acc', '.3f')} | "
+        lines.append(f"| {r['ratio']:.0%} | {name} | {cell('wiki_ppl', '.1f')} | {cell('ppl_ratio', '.2f')} | "
+                     f"{cell('arc_easy_acc', '.3f')} | "
                      f"{cell('piqa_acc', '.3f')} | {cell('retained', '.1%')} |")
     return "\n".join(lines) + "\n"
 

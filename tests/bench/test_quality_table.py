@@ -37,11 +37,12 @@ def test_retained_is_the_mean_accuracy_ratio_to_unpruned():
     for v, (arc, piqa) in ACC.items():
         assert got[v]["retained"] == pytest.approx((arc / 0.60 + piqa / 0.70) / 2)
         assert got[v]["wiki_ppl"] == PPL[v] and got[v]["arc_easy_acc"] == arc
+        assert got[v]["ppl_ratio"] == pytest.approx(PPL[v] / 20.0)
     assert got["random@0.5[seed=1]"]["seed"] == 1 and got["reap@0.5"]["seed"] is None
     assert got["unpruned"]["method"] == "unpruned" and got["unpruned"]["retained"] == pytest.approx(1.0)
 
 
-def test_markdown_averages_random_seeds_and_ranks_by_retained():
+def test_markdown_averages_random_seeds_and_ranks_by_perplexity():
     md = quality.markdown(quality.quality_table(results()))
     lines = [ln for ln in md.splitlines() if ln.startswith("| 50%")]
     assert [ln.split(" | ")[1] for ln in lines] == ["reap", "random (mean of 2 seeds)"]
