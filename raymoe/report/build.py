@@ -26,6 +26,7 @@ __all__ = ["build_report", "primary_metrics", "PRIMARY"]
 PRIMARY = ("acc", "exact_match,strict-match", "exact_match", "word_perplexity", "perplexity", "token_perplexity",
            "bits_per_byte")
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
+MARKERS = "osD^vP*Xh<>"
 
 
 def _lower_better(metric: str) -> bool:
@@ -61,9 +62,11 @@ def _plot_accuracy(prim: pl.DataFrame, out: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         t = prim.filter(pl.col("task") == task)
         metric = t["metric"][0]
-        for method in sorted(m for m in t["method"].unique().to_list() if m != "unpruned"):
+        methods = sorted(m for m in t["method"].unique().to_list() if m != "unpruned")
+        for i, method in enumerate(methods):  # distinct markers, hollow: equal values stay visible
             m = t.filter(pl.col("method") == method).group_by("sparsity").agg(pl.col("value").mean()).sort("sparsity")
-            ax.plot(m["sparsity"].to_list(), m["value"].to_list(), marker="o", label=method)
+            ax.plot(m["sparsity"].to_list(), m["value"].to_list(), marker=MARKERS[i % len(MARKERS)], mfc="none",
+                    ms=7, label=method)
         b = base.filter(pl.col("task") == task)
         if b.height:
             ax.axhline(b["value"][0], color="k", ls="--", lw=1, label="unpruned")
