@@ -170,7 +170,8 @@ def _evaluate(sw: _Sweep, fleet, variant, tasks, vparams: dict) -> list[str]:
         def write(sid, mine=mine):
             path = sw.run_dir / "rows" / f"{sid}.parquet"
             write_results(path, mine, overwrite=True)
-            return {"rows": sw.rel(path)}, {"variant": variant.name, "task": t.name}
+            eval_s = max((r.get("wall_s") or 0.0 for r in mine), default=0.0)  # the fleet's job time
+            return {"rows": sw.rel(path)}, {"variant": variant.name, "task": t.name, "eval_s": eval_s}
 
         sw.step("eval", params, write)
     return ids
