@@ -113,7 +113,8 @@ def main() -> int:
     table.write_parquet(tmp)
     tmp.replace(run_dir / "quality.parquet")
     md = (f"Testbed quality: ARC-Easy/PIQA first {args.items} items, held-out wiki {args.ppl_docs} articles, "
-          f"calibration wiki_calib {args.samples}x{args.seq_len}; sweep {time.perf_counter() - t0:.0f} s.\n\n"
+          f"calibration wiki_calib {args.samples}x{args.seq_len}; this invocation took {time.perf_counter() - t0:.0f} s "
+          "(a resumed sweep counts only the steps it ran).\n\n"
           + markdown(table))
     atomic_write_text(run_dir / "quality.md", md)
     print(md)
