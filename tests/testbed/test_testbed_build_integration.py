@@ -17,7 +17,6 @@ ARGS = ["--layers", "2", "--experts", "8", "--top-k", "2", "--calib-tokens", "10
 
 
 def test_small_testbed_builds_loads_routes_and_caches(tmp_path, capsys):
-    pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "testbed"
