@@ -27,7 +27,7 @@ import polars as pl
 
 from raymoe.io import atomic_write_json
 from raymoe.sweep.records import StepLog, StepRecord, step_id
-from raymoe.sweep.spec import SweepSpec
+from raymoe.sweep.spec import SweepSpec, fleet_options
 
 __all__ = ["run_sweep", "SweepVariant", "variant_grid"]
 
@@ -184,7 +184,6 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
 
     from raymoe.eval.backends import check_backend
     from raymoe.eval.fleet import EvalFleet
-    from raymoe.eval.options import FleetOptions
     from raymoe.eval.results import write_results
     from raymoe.eval.tasks import parse_tasks
     from raymoe.report import build_report
@@ -197,7 +196,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
         else:
             ray.init(num_cpus=res.num_cpus or max(os.cpu_count() or 1, 4), num_gpus=res.num_gpus,
                      include_dashboard=False, log_to_driver=False)
-    opts = FleetOptions(backend=spec.eval.backend, workers=spec.eval.workers)
+    opts = fleet_options(spec)
     check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work
     model = sw.model()
     stats_dir = sw.calibrate(model)

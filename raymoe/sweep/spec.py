@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raymoe.errors import RaymoeError
 
 __all__ = ["SweepSpec", "MethodGrid", "CalibrationSpec", "EvalSpec", "ResourceSpec", "TestbedSpec",
-           "load_spec", "SpecError"]
+           "load_spec", "SpecError", "calib_config", "fleet_options"]
 
 
 class SpecError(RaymoeError):
@@ -75,7 +75,7 @@ class ResourceSpec(_Strict):
     num_gpus: float | None = None
     address: str | None = None  # an existing cluster ("auto" inside a Ray job)
     stage_gpus: float = 0.0  # GPUs per calibration stage actor
-    worker_gpus: float = 0.0  # GPUs per eval worker (= tensor parallel size)
+    worker_gpus: int = Field(0, ge=0)  # GPUs per eval worker (= vLLM tensor parallel size; 0: CPU)
     placement: Literal["pack", "spread", "strict_spread"] = "pack"  # calibration stages across nodes
 
 
@@ -201,3 +201,12 @@ def calib_config(spec: SweepSpec):
     c = spec.calibration
     return CalibConfig(samples=c.samples, seq_len=c.seq_len, seed=c.seed, stages=c.stages, replicas=c.replicas,
                        num_gpus=spec.resources.stage_gpus, placement=spec.resources.placement, **c.options)
+
+
+def fleet_options(spec: SweepSpec):
+    """The eval fleet's options: backend, workers, batch size, and GPUs per worker as vLLM tensor parallelism."""
+    from raymoe.eval.options import EngineOptions, FleetOptions
+
+    gpus = spec.resources.worker_gpus
+    engine = EngineOptions(batch_size=spec.eval.batch_size, tensor_parallel_size=max(1, gpus), gpus=gpus > 0)
+    return FleetOptions(backend=spec.eval.backend, workers=spec.eval.workers, engine=engine)
