@@ -115,6 +115,7 @@ class EvalFleet:
             ray.kill(handle)
         self.workers.clear()
         self.busy.clear()
+        self.started = False
 
     def _pick(self, wid: str, pending: deque[Job]) -> Job:
         loaded = self.info[wid].get("loaded")
