@@ -131,13 +131,19 @@ def exhaustive(obj: LayerObjective, n: int, chunk: int = 4096) -> tuple[list[int
     return best, best_loss
 
 
-def greedy(obj: LayerObjective, n: int, frac: float) -> tuple[list[int], np.ndarray]:
-    """Backward elimination down to n experts; returns (kept, elimination rank per expert, 0 = kept)."""
+def greedy(obj: LayerObjective, n: int, frac: float,
+           first: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+    """Backward elimination down to n experts; returns (kept, elimination rank per expert, 0 = kept).
+
+    `first`: the first round's losses `obj.without_each(range(E))` when the caller already has them."""
     keep = list(range(obj.num_experts))
     rank = np.zeros(obj.num_experts)
     step = 0
     while len(keep) > n:
-        losses = obj.without_each(keep)  # [|keep|]
+        if first is not None and len(keep) == obj.num_experts:
+            losses = torch.as_tensor(first)  # [E], the full set's round, already computed
+        else:
+            losses = obj.without_each(keep)  # [|keep|]
         m = max(1, int(frac * (len(keep) - n)))
         order = sorted(range(len(keep)), key=lambda i: (float(losses[i]), keep[i]))[:m]
         for i in order:
@@ -177,7 +183,7 @@ class Naee:
                 extra = {"in_subset": np.isin(np.arange(E), keep[l]).astype(float),
                          "subset_loss": np.full(E, loss)}
             else:
-                keep[l], rank = greedy(objectives[l], n, config.eliminate_frac)
+                keep[l], rank = greedy(objectives[l], n, config.eliminate_frac, first=single[l])
                 loss = float(objectives[l].losses(torch.tensor([keep[l]]))[0])
                 extra = {"elimination_rank": rank, "subset_loss": np.full(E, loss)}
             scores[l] = {"loss_without": single[l], **extra}
