@@ -36,10 +36,15 @@ def take_split(docs: list[str], split: str) -> list[str]:
     return docs[:cut] if split == "calib" else docs[cut:]
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=1)
+def _wiki_docs() -> tuple[str, ...]:
+    """Every article of the wiki corpus, read and parsed once per process."""
+    return tuple(split_wiki(named_corpus_path("wiki").read_text(encoding="utf-8")))
+
+
 def wiki_articles(split: str) -> tuple[str, ...]:
     """Articles of the wiki corpus in `split`, in file order."""
-    return tuple(take_split(split_wiki(named_corpus_path("wiki").read_text(encoding="utf-8")), split))
+    return tuple(take_split(list(_wiki_docs()), split))
 
 
 def split_corpus_text(name: str) -> str:

