@@ -104,14 +104,12 @@ def main() -> int:
         print("error: --items and --ppl-docs must be positive", file=sys.stderr)
         return 2
     from raymoe.sweep.runner import run_sweep
-    from raymoe.io import atomic_write_text
+    from raymoe.io import atomic_write_parquet, atomic_write_text
 
     t0 = time.perf_counter()
     run_dir = run_sweep(sweep_spec(args))
     table = quality_table(pl.read_parquet(run_dir / "results.parquet"))
-    tmp = run_dir / "quality.parquet.tmp"
-    table.write_parquet(tmp)
-    tmp.replace(run_dir / "quality.parquet")
+    atomic_write_parquet(run_dir / "quality.parquet", table)
     md = (f"Testbed quality: ARC-Easy/PIQA first {args.items} items, held-out wiki {args.ppl_docs} articles, "
           f"calibration wiki_calib {args.samples}x{args.seq_len}; this invocation took {time.perf_counter() - t0:.0f} s "
           "(a resumed sweep counts only the steps it ran).\n\n"

@@ -8,13 +8,12 @@ counts, config/plan hashes) and the wall time of the (variant, task) job.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
 
 from raymoe.errors import RaymoeError
+from raymoe.io import atomic_write_parquet
 
 __all__ = ["SCHEMA", "KEY", "rows_frame", "write_results", "read_results"]
 
@@ -65,17 +64,7 @@ def write_results(path: str | Path, rows: list[dict], *, overwrite: bool = False
     path = Path(path)
     if path.exists() and not overwrite:
         raise RaymoeError(f"results file {path} already exists (choose another --out, or --overwrite)")
-    df = rows_frame(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_parquet(path, rows_frame(rows))
 
 
 def read_results(path: str | Path) -> pl.DataFrame:
