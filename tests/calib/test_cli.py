@@ -41,20 +41,17 @@ def assert_clean_failure(rc, err, out, match):
     assert not ray.is_initialized()
 
 
-def test_empty_text(capsys, tmp_path, tiny_model):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("   \n\n")
+@pytest.mark.parametrize("name, text, samples, seq_len, needle", [
+    ("empty.txt", "   \n\n", 2, 8, "is empty"),
+    ("short.jsonl", '{"text": "a few words only"}\n', 4, 64, "too short"),
+], ids=["empty", "too_short"])
+def test_bad_text(capsys, tmp_path, tiny_model, name, text, samples, seq_len, needle):
+    src = tmp_path / name
+    src.write_text(text)
     out = tmp_path / "stats"
-    rc, err = run_cli(capsys, tiny_model("mixtral"), "--data", empty, "--samples", 2, "--seq-len", 8, "--out", out)
-    assert_clean_failure(rc, err, out, "is empty")
-
-
-def test_too_short_text(capsys, tmp_path, tiny_model):
-    short = tmp_path / "short.jsonl"
-    short.write_text('{"text": "a few words only"}\n')
-    out = tmp_path / "stats"
-    rc, err = run_cli(capsys, tiny_model("mixtral"), "--data", short, "--samples", 4, "--seq-len", 64, "--out", out)
-    assert_clean_failure(rc, err, out, "too short")
+    rc, err = run_cli(capsys, tiny_model("mixtral"), "--data", src, "--samples", samples, "--seq-len", seq_len,
+                      "--out", out)
+    assert_clean_failure(rc, err, out, needle)
 
 
 def test_non_moe_model(capsys, tmp_path, dense_model):
