@@ -143,7 +143,6 @@ class Stage:
             if cap is not None:
                 prev = self.stats.update(l, cap, cluster, probe, mb.batch_id, layer.mlp.experts, self._bias(l), prev)
                 cap.clear()
-        self.stats.batches.append(mb.batch_id)
         if self.norm is not None:
             self.stats.add_pooled(mb.seq_ids.tolist(), self.norm(h).double().mean(1).cpu())  # [B, H]
             return BatchDone(mb.batch_id, B * L)

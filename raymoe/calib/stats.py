@@ -75,7 +75,6 @@ class StatsAccumulator:
         self.probes: dict[int, dict[int, np.ndarray]] = {}  # batch -> layer -> [P, H]
         self.traces: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # batch -> layer -> ([P,k],[P,k])
         self.pooled: dict[int, np.ndarray] = {}  # sequence -> [H]
-        self.batches: list[int] = []
 
     def _acc(self, layer: int) -> dict:
         if layer not in self.layers:
@@ -158,7 +157,6 @@ class StatsAccumulator:
         """This process's partial sums since the last take (numpy), then reset."""
         layers = {l: {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in acc.items()}
                   for l, acc in self.layers.items()}
-        out = {"layers": layers, "probes": self.probes, "traces": self.traces, "pooled": self.pooled,
-               "batches": list(self.batches)}
+        out = {"layers": layers, "probes": self.probes, "traces": self.traces, "pooled": self.pooled}
         self.reset()
         return out
