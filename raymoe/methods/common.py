@@ -22,7 +22,7 @@ from raymoe.plan.schema import LayerPlan, MergeGroup, PrunePlan
 from raymoe.store.schema import CalibStats
 
 __all__ = ["MethodConfig", "Method", "WeightsView", "StatsError", "stats_spec", "model_path", "top_n",
-           "per_layer_share", "build_plan", "keep_by_scores", "router_bias", "probe_subset", "single_thread"]
+           "keep_balanced", "per_layer_share", "build_plan", "keep_by_scores", "router_bias", "probe_subset", "single_thread"]
 
 
 class StatsError(RaymoeError):
@@ -121,6 +121,26 @@ def top_n(score: np.ndarray, n: int) -> list[int]:
     return sorted(int(i) for i in order[:n])
 
 
+def keep_balanced(priority: np.ndarray, n: int, n_group: int) -> list[int]:
+    """The n kept experts of a layer whose router limits tokens to groups, in ascending order.
+
+    A group-limited router (DeepSeek-V3; DeepSeek-V2 with group_limited_greedy) splits its E
+    experts into `n_group` ORIGINAL contiguous groups of E / n_group. The pruned model re-forms
+    groups as contiguous runs of n / n_group kept experts, so it routes like the original only
+    when every original group keeps the same count: this keeps the top n / n_group of each
+    group by `priority` (ties: lower index first). With n_group == 1 it is `top_n`.
+    """
+    p = np.asarray(priority, dtype=np.float64)
+    g = max(int(n_group), 1)
+    if g == 1:
+        return top_n(p, n)
+    e = len(p)
+    assert e % g == 0, f"{e} experts do not split into n_group={g} groups"
+    assert n % g == 0, f"{n} kept experts do not split evenly over n_group={g} groups"
+    size, per = e // g, n // g
+    return sorted(j * size + i for j in range(g) for i in top_n(p[j * size:(j + 1) * size], per))
+
+
 def per_layer_share(values: np.ndarray) -> np.ndarray:
     """s / sum(s) for non-negative scores (uniform when the layer sums to 0): comparable across layers."""
     v = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
@@ -152,7 +172,8 @@ def build_plan(method: str, config: MethodConfig, stats: CalibStats, budget: Bud
 
 
 def keep_by_scores(stats: CalibStats, budget: Budget, scores: Mapping[int, np.ndarray]) -> dict[int, list[int]]:
-    """Uniform or global allocation from per-expert keep scores, then the top n_l per layer."""
+    """Uniform or global allocation from per-expert keep scores, then the top n_l per layer
+    (per original group for group-limited routers: `keep_balanced`)."""
     shares = {l: per_layer_share(s) for l, s in scores.items()}
     counts = budget.counts_from_scores(shares)
-    return {l: top_n(shares[l], counts[l]) for l in stats.moe_layers}
+    return {l: keep_balanced(shares[l], counts[l], budget.n_group) for l in stats.moe_layers}
