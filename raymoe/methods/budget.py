@@ -4,11 +4,16 @@ Shared by every method (shared/METHODS.md, "Budget"):
 - uniform: n_l = round((1 - r) E_l) in every layer;
 - global:  sum_l n_l = N = round((1 - r) sum_l E_l), each k <= n_l <= E_l, the split
   decided by the method (ranked scores, entropy shares, path frequencies ...).
-With group-limited routing (DeepSeek-V3, n_group = g > 1) every n_l must be a
-multiple of g, so counts move in steps of g: the uniform n_l and the global N
-are rounded to the nearest multiple of g; the floor is the model's `min_kept`
-(top_k, and 2 per group for DeepSeek-V3's top-2 group scores), rounded up to a
-multiple of g.
+With group-limited routing (DeepSeek-V3; DeepSeek-V2 with group_limited_greedy;
+n_group = g > 1) every original group of E_l / g experts keeps the same count
+(the pruned model re-forms its groups as contiguous runs of n_l / g kept
+experts), so every n_l is a multiple of g and counts move in steps of g: the
+uniform n_l and the global N are rounded to the nearest multiple of g; the
+floor is the model's `min_kept`: g * max(ceil(top_k / topk_group), 2 for
+DeepSeek-V3's top-2 group score else 1) (MoeModelSpec.min_kept_per_group).
+Global allocation then adds one expert to every group of a layer at a time
+(`counts_from_scores`), and methods pick the members per group
+(raymoe.methods.common.keep_balanced).
 Rounding is half-up (not Python's banker's rounding). Shared experts are never
 in a plan, so they are not counted here.
 """
@@ -119,8 +124,8 @@ class Budget:
     def _fewer(self) -> str:
         if self.floor == self.top_k:
             return f"fewer than top_k={self.top_k}"
-        return (f"fewer than {self.floor} (top_k={self.top_k}; group-limited routing needs 2 per group, "
-                f"n_group={self.n_group})")
+        return (f"fewer than {self.floor} (top_k={self.top_k}; group-limited routing needs "
+                f"{self.floor // self.n_group} per group, n_group={self.n_group})")
 
     @property
     def total(self) -> int:
@@ -167,8 +172,11 @@ class Budget:
 
         Every layer first keeps its floor (its highest-priority experts); the remaining
         N - sum floors slots go to the highest remaining priorities over all layers, in
-        units of n_group (a unit's value is the mean of its members' priorities). Scores
-        must already be comparable across layers (methods normalise them first).
+        units of n_group. With groups (n_group = g > 1) a unit adds one expert to every
+        original group of the layer: unit i is the (floor/g + i)-th best of each group,
+        valued at the mean of those g priorities, so the counts are the ones
+        `keep_balanced` fills. Scores must already be comparable across layers (methods
+        normalise them first).
         """
         if self.uniform:
             return self.uniform_counts()
@@ -180,9 +188,8 @@ class Budget:
         g = self.n_group
         units: list[tuple[float, int, int]] = []  # (-value, layer, position)
         for l, e in self.experts.items():
-            s = np.sort(np.asarray(scores[l], dtype=np.float64))[::-1]  # [E] descending
-            rest = s[fl[l]:]
-            vals = rest[: (len(rest) // g) * g].reshape(-1, g).mean(axis=1)  # [units]
+            s = -np.sort(-np.asarray(scores[l], dtype=np.float64).reshape(g, e // g), axis=1)  # [g, E/g] desc
+            vals = s[:, fl[l] // g:].mean(axis=0)  # [units] one expert more in every group
             units += [(-float(v), l, i) for i, v in enumerate(vals)]
         units.sort()
         counts = dict(fl)

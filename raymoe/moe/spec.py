@@ -92,12 +92,35 @@ class MoeModelSpec:
         return int(self.config.get("n_group") or 1) if self.arch.uses_groups(self.config) else 1
 
     @property
+    def topk_group(self) -> int:
+        """Groups a token may route to (1 without group-limited routing)."""
+        return int(self.config.get("topk_group") or 1) if self.n_group > 1 else 1
+
+    @property
+    def group_score(self) -> str | None:
+        """How a group is scored for group-limited routing: "top2sum" (DeepSeek-V3: the sum of its
+        top-2 choice scores), "max" (DeepSeek-V2 group_limited_greedy), None when not group-limited."""
+        if self.n_group == 1:
+            return None
+        return "top2sum" if self.arch.scoring == "sigmoid" else "max"
+
+    @property
+    def min_kept_per_group(self) -> int:
+        """Fewest experts each original group may keep under group-limited routing (0 without it).
+
+        A token picks its top_k among the experts of its top `topk_group` groups, so with c
+        kept per group routing needs c * topk_group >= top_k; a top-2-sum group score needs
+        c >= 2. The floor is max(ceil(top_k / topk_group), 2 if top2sum else 1).
+        """
+        if self.n_group == 1:
+            return 0
+        return max(-(-self.top_k // self.topk_group), 2 if self.group_score == "top2sum" else 1)
+
+    @property
     def min_kept(self) -> int:
-        """Fewest routed experts a layer may keep: top_k, and for DeepSeek-V3's group-limited routing
-        (a group is scored by its top-2 experts) at least 2 per group."""
-        if self.n_group > 1 and self.arch.scoring == "sigmoid":
-            return max(self.top_k, 2 * self.n_group)
-        return max(self.top_k, self.n_group)
+        """Fewest routed experts a layer may keep: top_k, and under group-limited routing
+        n_group * min_kept_per_group (every original group keeps the same count)."""
+        return max(self.top_k, self.n_group * self.min_kept_per_group)
 
     @property
     def is_uniform(self) -> bool:

@@ -69,3 +69,60 @@ def test_ratio_leaving_fewer_than_top_k():
     with pytest.raises(BudgetError, match="group-limited routing needs 2 per group"):
         Budget.create(0.75, {1: 8, 2: 8}, 2, uniform=True, n_group=2, min_kept=4)
     Budget.create(0.75, {0: 8, 1: 8}, 2, uniform=True)  # exactly top_k is fine
+
+
+def _balanced_ref(scores: np.ndarray, n: int, g: int) -> list[int]:
+    """Top n/g of each of the g contiguous groups by score (ties: lower index), written out directly."""
+    size, out = len(scores) // g, []
+    for j in range(g):
+        ranked = sorted(range(j * size, (j + 1) * size), key=lambda i: (-scores[i], i))
+        out += ranked[: n // g]
+    return sorted(out)
+
+
+def test_keep_balanced_keeps_the_top_of_every_group():
+    from raymoe.methods.common import keep_balanced, top_n
+
+    rng = np.random.default_rng(2)
+    for e, g, n in [(8, 2, 4), (16, 4, 12), (256, 8, 16), (256, 8, 200), (12, 3, 3)]:
+        s = rng.random(e) ** 4
+        s[: e // 2] *= 3  # the first groups dominate: plain top-n would be unbalanced
+        assert keep_balanced(s, n, g) == _balanced_ref(s, n, g)
+    s = np.array([1.0, 1.0, 0.5, 0.5, 2.0, 0.1])
+    assert keep_balanced(s, 2, 2) == [0, 4] and keep_balanced(s, 4, 1) == top_n(s, 4) == [0, 1, 2, 4]
+    with pytest.raises(AssertionError):
+        keep_balanced(s, 3, 2)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_group_limited_allocation_is_balanced_and_best(uniform):
+    """Global mode with groups: counts are multiples of g at or above the per-group floor, and the
+    balanced kept sets are the best choice in units of one expert per group (no unit exchange helps)."""
+    from raymoe.methods.common import keep_balanced
+
+    rng = np.random.default_rng(3)
+    g, floor = 4, 8  # DeepSeek-V2-like: top-3 over 2 of 4 groups -> 2 per group
+    experts = {1: 16, 2: 16, 3: 16, 4: 16}
+    scores = {l: rng.random(16) ** (1 + l) for l in experts}
+    b = Budget.create(0.3, experts, 3, uniform=uniform, n_group=g, min_kept=floor)
+    counts = b.counts_from_scores(scores)
+    b.check_counts(counts)
+    assert all(n % g == 0 and n >= floor for n in counts.values())
+    if uniform:
+        assert set(counts.values()) == {12}  # 0.7 * 16 = 11.2 -> 12, the nearest multiple of 4
+        return
+    kept_units, dropped_units = [], []
+    for l, n in counts.items():
+        s = -np.sort(-scores[l].reshape(g, 4), axis=1)  # [g, 4] per group, descending
+        units = s.mean(axis=0)  # unit i: the i-th best of every group
+        kept_units += list(units[floor // g:n // g])
+        dropped_units += list(units[n // g:])
+        keep = keep_balanced(scores[l], n, g)
+        assert [sum(1 for e in keep if e // 4 == j) for j in range(g)] == [n // g] * g
+    assert min(kept_units) >= max(dropped_units)
+
+
+def test_group_floor_message_names_the_per_group_need():
+    with pytest.raises(BudgetError, match=r"fewer than 8 \(top_k=3; group-limited routing needs 2 per group, "
+                                          r"n_group=4\)"):
+        Budget.create(0.7, {1: 16, 2: 16}, 3, uniform=True, n_group=4, min_kept=8)

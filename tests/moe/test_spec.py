@@ -88,3 +88,59 @@ def test_qwen_sparse_step_and_mlp_only_layers():
     cfg = {"model_type": "qwen2_moe", "num_hidden_layers": 6, "num_experts": 4, "num_experts_per_tok": 2,
            "decoder_sparse_step": 2, "mlp_only_layers": [3], "hidden_size": 8, "moe_intermediate_size": 4}
     assert MoeModelSpec.from_config(cfg).moe_layers == [1, 5]
+
+
+def _deepseek(model_type, **kw):
+    return {"model_type": model_type, "num_hidden_layers": 3, "first_k_dense_replace": 1, "hidden_size": 8,
+            "moe_intermediate_size": 4, "n_routed_experts": 64, **kw}
+
+
+# (config, n_group, topk_group, floor per group, layer floor)
+FLOORS = [
+    # DeepSeek-V2 (236B): top-6 over the top-3 of 8 groups: 2 per group so that 2 x 3 >= 6
+    (_deepseek("deepseek_v2", num_experts_per_tok=6, n_group=8, topk_group=3, topk_method="group_limited_greedy"),
+     8, 3, 2, 16),
+    # the same config with greedy routing: groups play no part, the floor is top_k
+    (_deepseek("deepseek_v2", num_experts_per_tok=6, n_group=8, topk_group=3, topk_method="greedy"), 1, 1, 0, 6),
+    # DeepSeek-V2-Lite style: top-6 over the top-1 of 8 groups: every group must hold 6
+    (_deepseek("deepseek_v2", num_experts_per_tok=6, n_group=8, topk_group=1, topk_method="group_limited_greedy"),
+     8, 1, 6, 48),
+    # DeepSeek-V3: top-8 over the top-4 of 8 groups, group score = sum of its top 2: 2 per group
+    (_deepseek("deepseek_v3", n_routed_experts=256, num_experts_per_tok=8, n_group=8, topk_group=4), 8, 4, 2, 16),
+    # DeepSeek-V3 with top-8 over 2 groups: 4 per group
+    (_deepseek("deepseek_v3", n_routed_experts=256, num_experts_per_tok=8, n_group=8, topk_group=2), 8, 2, 4, 32),
+    # DeepSeek-V3 with top-2 over 1 of 4 groups: ceil(2/1) = 2, also the top-2 floor
+    (_deepseek("deepseek_v3", num_experts_per_tok=2, n_group=4, topk_group=1), 4, 1, 2, 8),
+    # DeepSeek-V3 with top-1 over 2 of 4 groups: ceil(1/2) = 1, but the top-2 group score needs 2
+    (_deepseek("deepseek_v3", num_experts_per_tok=1, n_group=4, topk_group=2), 4, 2, 2, 8),
+    # DeepSeek-V3 without groups
+    (_deepseek("deepseek_v3", num_experts_per_tok=8, n_group=1, topk_group=1), 1, 1, 0, 8),
+]
+
+
+@pytest.mark.parametrize("cfg,n_group,topk_group,per_group,floor", FLOORS)
+def test_group_limited_floors(cfg, n_group, topk_group, per_group, floor):
+    spec = MoeModelSpec.from_config(cfg)
+    assert (spec.n_group, spec.topk_group, spec.min_kept_per_group, spec.min_kept) == (
+        n_group, topk_group, per_group, floor)
+
+
+@pytest.mark.parametrize("family,kw", [("deepseek_v2", dict(topk_method="group_limited_greedy", n_group=4,
+                                                             topk_group=2, top_k=3, experts=16)),
+                                       ("deepseek_v3", dict(top_k=2, experts=16, n_group=4, topk_group=1))])
+def test_routing_at_the_floor_is_well_defined(family, kw, tiny_model):
+    """Masked down to min_kept_per_group per group, every token still gets top_k finite, distinct choices."""
+    spec = MoeModelSpec.from_pretrained(tiny_model(family, **kw))
+    rule = RoutingRule.for_spec(spec)
+    E, g, c = 16, spec.n_group, spec.min_kept_per_group
+    mask = torch.zeros(E, dtype=torch.bool)
+    for j in range(g):
+        mask[j * E // g: j * E // g + c] = True
+    logits = torch.randn(64, E, generator=torch.Generator().manual_seed(0))
+    bias = torch.zeros(E) if spec.arch.correction_bias else None
+    _, w, idx = route(rule, logits, bias, mask)
+    assert bool(mask[idx].all()) and torch.isfinite(w).all() and bool((w > 0).all())
+    if c > 1:  # one fewer per group and some token is routed to a masked expert or a -inf group
+        mask[[j * E // g + c - 1 for j in range(g)]] = False
+        _, w, idx = route(rule, logits, bias, mask)
+        assert not bool(mask[idx].all()) or not bool((w > 0).all())
