@@ -81,6 +81,32 @@ class LayerPlan(_Strict):
         return self
 
 
+def _check_groups(lp: LayerPlan, spec) -> None:
+    """Group-limited routing: the same count kept in every ORIGINAL group, at least the per-group floor.
+
+    The pruned model re-forms its n_group groups as contiguous runs of len(keep) / n_group
+    kept experts; it routes like the original (with the removed experts masked) only when
+    each original group of E / n_group contributes exactly that many (`keep` is in source
+    order, so the runs are the original groups' survivors).
+    """
+    g, e = spec.n_group, lp.num_experts
+    size = e // g
+    per = [sum(1 for x in lp.keep if x // size == j) for j in range(g)]
+    need = spec.min_kept_per_group
+    where = (f"layer {lp.layer} keeps {len(lp.keep)} experts, per original group of {size} (n_group={g}): "
+             f"{per}")
+    if len(set(per)) > 1:
+        raise PlanError(f"{where}; group-limited routing needs the same count in every group")
+    runs = [lp.keep[i:i + per[0]] for i in range(0, len(lp.keep), per[0])] if per[0] else []
+    mixed = next((r for r in runs if len({x // size for x in r}) > 1), None)
+    if mixed is not None:
+        raise PlanError(f"layer {lp.layer}: kept experts {mixed} form one group of the pruned layer but come "
+                        f"from different original groups (keep them grouped, e.g. in source order)")
+    if per[0] < need:
+        raise PlanError(f"{where}; group-limited routing (top_k={spec.top_k}, topk_group={spec.topk_group}) "
+                        f"needs at least {need} per group")
+
+
 class PrunePlan(_Strict):
     version: int = PLAN_VERSION
     method: str
@@ -119,12 +145,8 @@ class PrunePlan(_Strict):
                                 f"{spec.experts[lp.layer]}")
             if len(lp.keep) < spec.top_k:
                 raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts, fewer than top_k={spec.top_k}")
-            if len(lp.keep) < spec.min_kept:
-                raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts; group-limited routing needs at "
-                                f"least {spec.min_kept} (2 per group, n_group={spec.n_group})")
-            if spec.n_group > 1 and len(lp.keep) % spec.n_group:
-                raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts, not divisible by "
-                                f"n_group={spec.n_group} (group-limited routing)")
+            if spec.n_group > 1:
+                _check_groups(lp, spec)
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -85,7 +85,25 @@ def test_deepseek_v3_group_divisibility(tiny_model, tmp_path, capsys):
     src = tiny_model("deepseek_v3")
     plan = write_plan(tmp_path / "plan.json", src, keep_count=5, model_type="deepseek_v3")
     code, err = run_cli(capsys, "prune", "--plan", plan, src, "--out", tmp_path / "out")
-    assert_clean_failure(code, err, tmp_path / "out", "not divisible by n_group=2")
+    assert_clean_failure(code, err, tmp_path / "out", "layer 1 keeps 5 experts, per original group of 4 "
+                         "(n_group=2): [4, 1]; group-limited routing needs the same count in every group")
+
+
+@pytest.mark.parametrize("family,kw,experts,keep,needle", [
+    ("deepseek_v3", {}, 8, [0, 1, 2, 3], "layer 1 keeps 4 experts, per original group of 4 (n_group=2): [4, 0]; "
+     "group-limited routing needs the same count in every group"),
+    ("deepseek_v2", dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, top_k=3, experts=16), 16,
+     [0, 1, 2, 4, 5, 6, 8, 9, 10, 11, 14, 15],
+     "layer 1 keeps 12 experts, per original group of 4 (n_group=4): [3, 3, 4, 2]"),
+    ("deepseek_v2", dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, top_k=3, experts=16), 16,
+     [0, 4, 8, 12], "needs at least 2 per group"),
+])
+def test_unbalanced_group_limited_plan_rejected(tiny_model, tmp_path, capsys, family, kw, experts, keep, needle):
+    """A hand-written plan that keeps a multiple of n_group but not the same count per original group."""
+    src = tiny_model(family, **kw)
+    plan = write_plan(tmp_path / "plan.json", src, model_type=family, experts=experts, keep=keep)
+    code, err = run_cli(capsys, "prune", "--plan", plan, src, "--out", tmp_path / "out")
+    assert_clean_failure(code, err, tmp_path / "out", needle)
 
 
 def test_truncated_safetensors_rejected(tiny_model, tmp_path, capsys):

@@ -44,13 +44,55 @@ def test_validate_for_spec(tiny_model):
     assert spec.min_kept == 4
     with pytest.raises(PlanError, match="not an MoE layer"):
         plan([LayerPlan(layer=0, num_experts=8, keep=[0, 1, 2, 3])], "deepseek_v3").validate_for(spec)
-    with pytest.raises(PlanError, match="at least 4"):
+    with pytest.raises(PlanError, match=r"per original group of 4 \(n_group=2\): \[1, 1\]; .* at least 2 per"):
         plan([LayerPlan(layer=1, num_experts=8, keep=[0, 4])], "deepseek_v3").validate_for(spec)
-    with pytest.raises(PlanError, match="not divisible by n_group=2"):
+    with pytest.raises(PlanError, match=r"layer 1 keeps 5 experts, per original group of 4 \(n_group=2\): "
+                                        r"\[2, 3\]; group-limited routing needs the same count in every group"):
         plan([LayerPlan(layer=1, num_experts=8, keep=[0, 1, 4, 5, 6])], "deepseek_v3").validate_for(spec)
     with pytest.raises(PlanError, match="plan is for 'mixtral'"):
         plan([LayerPlan(layer=1, num_experts=8, keep=[0, 1, 4, 5])], "mixtral").validate_for(spec)
     plan([LayerPlan(layer=1, num_experts=8, keep=[0, 1, 4, 5])], "deepseek_v3").validate_for(spec)
+
+
+# (keep of 8 experts in 2 original groups of 4, error or None)
+BALANCE = [
+    ([0, 1, 2, 3], r"\[4, 0\]; group-limited routing needs the same count"),  # divisible, but all from group 0
+    ([0, 1, 2, 4, 5, 6], None),
+    ([1, 2, 3, 4, 5, 7], None),
+    ([0, 1, 2, 3, 4, 5], r"\[4, 2\]"),
+    ([4, 5, 0, 1], None),  # groups in another order: routing is the same
+    ([0, 4, 1, 5], r"kept experts \[0, 4\] form one group of the pruned layer but come from different"),
+    (list(range(8)), None),
+]
+
+
+@pytest.mark.parametrize("keep,err", BALANCE)
+def test_group_limited_plans_must_be_balanced(tiny_model, keep, err):
+    spec = MoeModelSpec.from_pretrained(tiny_model("deepseek_v3"))
+    p = plan([LayerPlan(layer=l, num_experts=8, keep=keep) for l in spec.moe_layers], "deepseek_v3")
+    if err is None:
+        p.validate_for(spec)
+    else:
+        with pytest.raises(PlanError, match=err):
+            p.validate_for(spec)
+
+
+def test_group_limited_deepseek_v2_floor_and_balance(tiny_model):
+    """DeepSeek-V2 with group_limited_greedy: top-3 over the top-2 of 4 groups needs 2 per group."""
+    spec = MoeModelSpec.from_pretrained(tiny_model("deepseek_v2", topk_method="group_limited_greedy", n_group=4,
+                                                   topk_group=2, top_k=3, experts=16))
+    assert (spec.n_group, spec.min_kept_per_group, spec.min_kept) == (4, 2, 8)
+    l = spec.moe_layers[0]
+    ok = [0, 1, 4, 5, 8, 9, 12, 13]
+    plan([LayerPlan(layer=l, num_experts=16, keep=ok)], "deepseek_v2").validate_for(spec)
+    with pytest.raises(PlanError, match=r"layer 1 keeps 4 experts, per original group of 4 \(n_group=4\): "
+                                        r"\[1, 1, 1, 1\]; group-limited routing \(top_k=3, topk_group=2\) "
+                                        r"needs at least 2 per group"):
+        plan([LayerPlan(layer=l, num_experts=16, keep=[0, 4, 8, 12])], "deepseek_v2").validate_for(spec)
+    with pytest.raises(PlanError, match=r"\[3, 1, 2, 2\]"):
+        plan([LayerPlan(layer=l, num_experts=16, keep=[0, 1, 2, 4, 8, 9, 12, 13])], "deepseek_v2").validate_for(spec)
+    greedy = MoeModelSpec.from_pretrained(tiny_model("deepseek_v2"))  # greedy routing: no groups
+    plan([LayerPlan(layer=l, num_experts=8, keep=[0, 1, 2])], "deepseek_v2").validate_for(greedy)
 
 
 def test_load_reports_invalid_json(tmp_path):
