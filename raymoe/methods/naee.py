@@ -8,11 +8,19 @@ expert outputs f_e(x_t) and the family's routing (raymoe.moe.routing.route),
     Y_t^K      = sum_{e in S_t^K} g_t^K(e) f_e(x_t)         (router rows of K only, routed again)
     loss(K)    = mean_t ||Y_t^K - Y_t||^2
 
-and NAEE keeps argmin_{|K| = n_l} loss(K): exhaustively when C(E_l, n_l) <=
-`max_subsets`, otherwise by greedy backward elimination (each round drops the
-experts whose single removal raises the loss least; `eliminate_frac` of the
-remaining excess per round, at least one). The pruned layer's experts keep
-their source order, so DeepSeek-V3's groups are contiguous runs of K.
+and NAEE keeps argmin_{|K| = n_l} loss(K): exhaustively when the number of
+candidate subsets is at most `max_subsets`, otherwise by greedy backward
+elimination (each round drops the experts whose single removal raises the loss
+least; `eliminate_frac` of the remaining excess per round, at least one).
+
+Group-limited routers (DeepSeek-V3; DeepSeek-V2 with group_limited_greedy; g =
+n_group > 1): the paper is silent. The pruned model re-forms its groups as
+contiguous runs of n_l / g kept experts, so only subsets keeping n_l / g of every
+ORIGINAL group route like the original; we search within that constraint (the
+per-group counts are fixed): exhaustive search enumerates the C(E_l/g, n_l/g)^g
+balanced subsets, and each greedy round drops the same number of experts, the
+lowest single-removal losses, from every group. The pruned layer's experts keep
+their source order, so its groups are the original groups' survivors.
 
 Every loss uses per-token Gram matrices G_t = F_t F_t^T [E, E] (F_t = [f_e(x_t)]_e):
 ||sum_i w_i f_i - Y||^2 = w^T G w - 2 sum_i w_i <f_i, Y> + ||Y||^2, so a candidate
@@ -41,12 +49,13 @@ from raymoe.moe.routing import RoutingRule, route
 from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
 
-__all__ = ["Naee", "NaeeConfig", "LayerObjective"]
+__all__ = ["Naee", "NaeeConfig", "LayerObjective", "balanced_subsets"]
 
 
 class NaeeConfig(MethodConfig):
     max_tokens: int = Field(64, ge=1, description="probe tokens per layer (seeded sample)")
-    max_subsets: int = Field(5000, ge=1, description="search exhaustively when C(E, n) is at most this")
+    max_subsets: int = Field(5000, ge=1, description="search exhaustively when the candidate subsets (C(E, n); "
+                             "balanced ones under group-limited routing) are at most this")
     eliminate_frac: float = Field(0.25, ge=0.0, lt=1.0,
                                   description="greedy: fraction of the remaining excess dropped per round")
     seed: int = Field(0, description="probe-token sampling seed")
@@ -116,10 +125,20 @@ class LayerObjective:
         return self.losses(kt.expand(len(keep), -1)[mask].view(len(keep), len(keep) - 1))
 
 
-def exhaustive(obj: LayerObjective, n: int, chunk: int = 4096) -> tuple[list[int], float]:
-    """argmin over all C(E, n) subsets (first in lexicographic order on ties)."""
+def balanced_subsets(e: int, n: int, n_group: int) -> int:
+    """How many subsets keep n / n_group of each of n_group contiguous groups of e / n_group."""
+    return math.comb(e // n_group, n // n_group) ** n_group
+
+
+def exhaustive(obj: LayerObjective, n: int, chunk: int = 4096, n_group: int = 1) -> tuple[list[int], float]:
+    """argmin over all balanced subsets of size n (first in lexicographic order on ties).
+
+    With n_group == 1 these are all C(E, n) subsets; otherwise the n / n_group-subsets of
+    every group, combined (`balanced_subsets` of them)."""
     best, best_loss = None, math.inf
-    combos = itertools.combinations(range(obj.num_experts), n)
+    size = obj.num_experts // n_group
+    per_group = [itertools.combinations(range(j * size, (j + 1) * size), n // n_group) for j in range(n_group)]
+    combos = (sum(c, ()) for c in itertools.product(*per_group))
     while True:
         block = list(itertools.islice(combos, chunk))
         if not block:
@@ -131,21 +150,28 @@ def exhaustive(obj: LayerObjective, n: int, chunk: int = 4096) -> tuple[list[int
     return best, best_loss
 
 
-def greedy(obj: LayerObjective, n: int, frac: float,
-           first: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+def greedy(obj: LayerObjective, n: int, frac: float, first: np.ndarray | None = None,
+           n_group: int = 1) -> tuple[list[int], np.ndarray]:
     """Backward elimination down to n experts; returns (kept, elimination rank per expert, 0 = kept).
 
+    Each round drops the same number m of experts from every one of the n_group contiguous
+    groups (the m lowest single-removal losses within it), so the kept set stays balanced.
     `first`: the first round's losses `obj.without_each(range(E))` when the caller already has them."""
     keep = list(range(obj.num_experts))
     rank = np.zeros(obj.num_experts)
+    size = obj.num_experts // n_group
     step = 0
     while len(keep) > n:
         if first is not None and len(keep) == obj.num_experts:
             losses = torch.as_tensor(first)  # [E], the full set's round, already computed
         else:
             losses = obj.without_each(keep)  # [|keep|]
-        m = max(1, int(frac * (len(keep) - n)))
-        order = sorted(range(len(keep)), key=lambda i: (float(losses[i]), keep[i]))[:m]
+        m = max(1, int(frac * (len(keep) - n) // n_group))  # per group
+        order = []
+        for j in range(n_group):
+            mine = [i for i in range(len(keep)) if keep[i] // size == j]
+            order += sorted(mine, key=lambda i: (float(losses[i]), keep[i]))[:m]
+        order.sort(key=lambda i: (float(losses[i]), keep[i]))
         for i in order:
             step += 1
             rank[keep[i]] = step
@@ -175,15 +201,15 @@ class Naee:
         counts = budget.counts_from_scores({l: per_layer_share(v) for l, v in single.items()})
         keep, scores = {}, {}
         for l in tqdm(stats.moe_layers, desc="naee: subsets", disable=not config.progress):
-            E, n = stats.layers[l].num_experts, counts[l]
+            E, n, g = stats.layers[l].num_experts, counts[l], budget.n_group
             if n == E:
                 keep[l], extra = list(range(E)), {"in_subset": np.ones(E)}
-            elif math.comb(E, n) <= config.max_subsets:
-                keep[l], loss = exhaustive(objectives[l], n)
+            elif balanced_subsets(E, n, g) <= config.max_subsets:
+                keep[l], loss = exhaustive(objectives[l], n, n_group=g)
                 extra = {"in_subset": np.isin(np.arange(E), keep[l]).astype(float),
                          "subset_loss": np.full(E, loss)}
             else:
-                keep[l], rank = greedy(objectives[l], n, config.eliminate_frac, first=single[l])
+                keep[l], rank = greedy(objectives[l], n, config.eliminate_frac, first=single[l], n_group=g)
                 loss = float(objectives[l].losses(torch.tensor([keep[l]]))[0])
                 extra = {"elimination_rank": rank, "subset_loss": np.full(E, loss)}
             scores[l] = {"loss_without": single[l], **extra}
