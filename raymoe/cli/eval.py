@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from raymoe.errors import RaymoeError
@@ -17,7 +19,13 @@ class Eval:
         p.add_argument("variants", nargs="*", metavar="VARIANT", help="checkpoint directory, or NAME=DIR")
         p.add_argument("--tasks", required=True,
                        help="comma-separated tasks, each NAME or NAME:LIMIT (offline: arc_easy, arc_challenge, piqa, "
-                            "hellaswag, winogrande, boolq, mmlu, mmlu_<subject>, gsm8k, wiki_ppl, wiki_heldout_ppl, c4_ppl)")
+                            "hellaswag, winogrande, boolq, mmlu, mmlu_<subject>, gsm8k, wiki_ppl, wiki_heldout_ppl, c4_ppl; "
+                            "fidelity against --reference: kld:wiki_heldout, kld:wiki_calib, kld:wiki, kld:c4)")
+        p.add_argument("--reference", type=Path, default=None,
+                       help="the reference model of fidelity tasks kld:<corpus> (e.g. the unpruned checkpoint)")
+        p.add_argument("--kld-cache", type=Path, default=None,
+                       help="where the reference's cached distributions live (default $RAYMOE_CACHE/kld or "
+                            "~/.cache/raymoe/kld)")
         p.add_argument("--limit", type=int, default=None, help="documents per task where NAME:LIMIT is not given")
         p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
         p.add_argument("--workers", type=int, default=1, help="engine actors in the pool")
@@ -66,9 +74,9 @@ class Eval:
         except ValidationError as err:
             first = err.errors()[0]
             raise RaymoeError(f"invalid option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        return self._run(args, tasks, opts)
+        return self._run(args, tasks, kinds, opts)
 
-    def _run(self, args, tasks, opts) -> int:
+    def _run(self, args, tasks, kinds, opts) -> int:
         import polars as pl
         import ray
 
@@ -77,8 +85,17 @@ class Eval:
         from raymoe.eval.results import write_results
         from raymoe.eval.variants import parse_variants
 
+        from raymoe.eval.reference import check_reference
+
         variants = parse_variants(args.variants)
         check_backend(opts.backend, opts.engine, [v.path for v in variants])
+        if any(kinds[t.name] == "fidelity" for t in tasks):
+            if args.reference is None:
+                raise RaymoeError("fidelity tasks (kld:<corpus>) need --reference MODEL (e.g. the unpruned checkpoint)")
+            check_reference(args.reference, [v.path for v in variants])  # exists, same vocabulary
+            cache = args.kld_cache or Path(os.environ.get("RAYMOE_CACHE", Path.home() / ".cache" / "raymoe")) / "kld"
+            tasks = [replace(t, reference=str(args.reference.resolve()), cache_dir=str(Path(cache).resolve()))
+                     if kinds[t.name] == "fidelity" else t for t in tasks]
         run_id = args.run or args.out.resolve().name
         out = args.out / "results.parquet"
         if out.exists() and not args.overwrite:

@@ -192,6 +192,8 @@ class EvalFleet:
                   "wall_s": result["wall_s"], "model_path": v.path, "model_type": v.model_type, "family": v.family,
                   "source_model": v.source_model, "method": v.method, "ratio": v.ratio, "uniform": v.uniform,
                   "experts_total": v.experts_total, "experts_per_layer": v.experts_per_layer,
+                  "params_routed": v.params_routed, "params_total": v.params_total,
+                  "checkpoint_bytes": v.checkpoint_bytes, "reference": job.task.reference,
                   "config_sha256": v.config_sha256, "plan_sha256": v.plan_sha256, "raymoe_version": __version__,
                   "created": created}
         return [{**common, **metric} for metric in result["rows"]]

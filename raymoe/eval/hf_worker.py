@@ -10,7 +10,7 @@ from __future__ import annotations
 import ray
 
 from raymoe.eval.options import EngineOptions, scoring_length
-from raymoe.eval.runner import EngineHost
+from raymoe.eval.runner import EngineHost, load_transformers
 from raymoe.eval.tasks import TaskRequest
 
 __all__ = ["HFWorker", "HFEngine", "load_hf"]
@@ -29,14 +29,9 @@ def load_hf(path: str, opts: EngineOptions) -> HFEngine:
     import torch
     import transformers
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import raymoe  # noqa: F401  (registers the variable-expert architectures)
-
-    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.dtype]
     torch.manual_seed(opts.seed)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    model, tok = load_transformers(path, opts.dtype)
     lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
               max_length=scoring_length(int(getattr(model.config, "max_position_embeddings", 2048)), opts))
     return HFEngine(lm, f"transformers {transformers.__version__}")
@@ -48,7 +43,8 @@ class HFWorker:
 
     def __init__(self, worker_id: str, opts: EngineOptions) -> None:
         self.host = EngineHost(worker_id, "hf", lambda path: load_hf(path, opts),
-                               bootstrap_iters=opts.bootstrap_iters, seed=opts.seed)
+                               bootstrap_iters=opts.bootstrap_iters, seed=opts.seed, dtype=opts.dtype,
+                               torch_model=lambda engine: engine.lm.model)
 
     def info(self) -> dict:
         return self.host.info()

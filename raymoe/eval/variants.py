@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +18,7 @@ from raymoe.errors import CheckpointError, RaymoeError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
 from raymoe.moe.spec import MoeModelSpec
 
-__all__ = ["Variant", "parse_variants"]
+__all__ = ["Variant", "parse_variants", "serving_cost"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -42,6 +43,9 @@ class Variant(BaseModel):
     uniform: bool
     config_sha256: str
     plan_sha256: str | None = None
+    params_routed: int | None = None  # parameters of the routed experts (serving cost)
+    params_total: int | None = None
+    checkpoint_bytes: int | None = None
 
     @property
     def experts_total(self) -> int:
@@ -51,7 +55,7 @@ class Variant(BaseModel):
     def from_path(cls, path: str | Path, name: str | None = None) -> "Variant":
         path = Path(path).expanduser().resolve()
         spec = MoeModelSpec.from_pretrained(path)  # CheckpointError / NotMoEError with a clear message
-        SafetensorsCheckpoint(path)  # weights present, shard headers valid
+        ckpt = SafetensorsCheckpoint(path)  # weights present, shard headers valid
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise CheckpointError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
         plan_file = path / "plan.json"
@@ -62,7 +66,20 @@ class Variant(BaseModel):
             source_model=str(plan["model"]) if plan else str(path),
             method=str(plan["method"]) if plan else "unpruned",
             ratio=plan.get("ratio") if plan else None, uniform=spec.is_uniform,
-            config_sha256=_sha256(path / "config.json"), plan_sha256=_sha256(plan_file) if plan else None)
+            config_sha256=_sha256(path / "config.json"), plan_sha256=_sha256(plan_file) if plan else None,
+            **serving_cost(spec, ckpt))
+
+
+def serving_cost(spec: MoeModelSpec, ckpt: SafetensorsCheckpoint) -> dict[str, int]:
+    """Routed-expert and total parameter counts and tensor bytes, from the shard headers (no tensor read)."""
+    routed = total = nbytes = 0
+    for name, info in ckpt.infos.items():
+        numel = math.prod(info.shape)
+        total += numel
+        nbytes += info.nbytes
+        if spec.role(name).kind == "expert":
+            routed += numel
+    return {"params_routed": routed, "params_total": total, "checkpoint_bytes": nbytes}
 
 
 def parse_variants(items: list[str]) -> list[Variant]:

@@ -73,7 +73,7 @@ class VLLMWorker:
     def __init__(self, worker_id: str, opts: EngineOptions) -> None:
         self.opts = opts
         self.host = EngineHost(worker_id, "vllm", lambda path: load_vllm(path, opts),
-                               bootstrap_iters=opts.bootstrap_iters, seed=opts.seed)
+                               bootstrap_iters=opts.bootstrap_iters, seed=opts.seed, dtype=opts.dtype)
 
     def info(self) -> dict:
         info = self.host.info()

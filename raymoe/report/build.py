@@ -3,11 +3,13 @@
 Inputs: `RESULTS/results.parquet` (raymoe.eval.results.SCHEMA rows) and, when
 present, the stats store the run calibrated (`RESULTS/stats` link or the path
 in `RESULTS/run.json`). Outputs under `RESULTS/report/`:
-  report.md                 table of every variant against the unpruned model
-  accuracy_vs_sparsity.png  primary metric per task vs expert sparsity, a line per method
+  report.md                 the main table (raymoe.report.tables) with 95% intervals, then the paired
+                            comparisons (raymoe.report.paired) that say which differences are real
+  accuracy_vs_sparsity.png  headline metric per task vs expert sparsity, a line per method, 95% error bars
   kept_experts.png          kept routed experts per layer, a line per variant
   importance_heatmap.png    layer x expert importance (usage share, REAP) from the statistics
 Sparsity = 1 - routed experts kept / routed experts of the unpruned model.
+Fidelity to the unpruned model (`kld:<corpus>`, mean KL divergence) leads when present.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import polars as pl
 
 from raymoe.errors import RaymoeError
 from raymoe.io import atomic_write_text
+from raymoe.report.paired import paired_markdown, paired_table
+from raymoe.report.plots import plot_heatmap, plot_kept, plot_metrics
+from raymoe.report.tables import main_table, task_order
 
-__all__ = ["build_report", "primary_metrics", "PRIMARY"]
+__all__ = ["build_report", "primary_metrics", "PRIMARY", "lower_better"]
 
 #: metric preference per task: the first present is the task's headline number
-PRIMARY = ("acc", "exact_match,strict-match", "exact_match", "word_perplexity", "perplexity", "token_perplexity",
-           "bits_per_byte")
-LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
-MARKERS = "osD^vP*Xh<>"
+PRIMARY = ("kld_mean", "acc", "exact_match,strict-match", "exact_match", "word_perplexity", "perplexity",
+           "token_perplexity", "bits_per_byte")
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "kld")
 
 
-def _lower_better(metric: str) -> bool:
+def lower_better(metric: str) -> bool:
     return any(k in metric for k in LOWER_IS_BETTER)
 
 
@@ -50,117 +54,12 @@ def primary_metrics(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _plot_accuracy(prim: pl.DataFrame, out: Path) -> None:
-    import matplotlib
+def _with_schema(df: pl.DataFrame) -> pl.DataFrame:
+    """Older results files lack the newer columns: add them as nulls."""
+    from raymoe.eval.results import SCHEMA
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted(prim["task"].unique().to_list())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    base = prim.filter(pl.col("method") == "unpruned")
-    for ax, task in zip(axes[0], tasks):
-        t = prim.filter(pl.col("task") == task)
-        metric = t["metric"][0]
-        methods = sorted(m for m in t["method"].unique().to_list() if m != "unpruned")
-        for i, method in enumerate(methods):  # distinct markers, hollow: equal values stay visible
-            m = t.filter(pl.col("method") == method).group_by("sparsity").agg(pl.col("value").mean()).sort("sparsity")
-            ax.plot(m["sparsity"].to_list(), m["value"].to_list(), marker=MARKERS[i % len(MARKERS)], mfc="none",
-                    ms=7, label=method)
-        b = base.filter(pl.col("task") == task)
-        if b.height:
-            ax.axhline(b["value"][0], color="k", ls="--", lw=1, label="unpruned")
-        ax.set_title(f"{task} ({metric}{', lower is better' if _lower_better(metric) else ''})", fontsize=9)
-        ax.set_xlabel("expert sparsity")
-        if _lower_better(metric):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def _plot_kept(df: pl.DataFrame, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    v = df.group_by("variant").agg(pl.col("method").first(), pl.col("ratio").first(),
-                                   pl.col("experts_per_layer").first()).sort("variant")
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    for row in v.iter_rows(named=True):
-        counts = [c for c in (row["experts_per_layer"] or []) if c]
-        if not counts:
-            continue
-        label = f"{row['method'] or 'unpruned'}" + (f" r={row['ratio']}" if row["ratio"] is not None else "")
-        ax.plot(range(len(counts)), counts, marker=".", label=label)
-    ax.set_xlabel("MoE layer (in order)")
-    ax.set_ylabel("routed experts kept")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def _plot_heatmap(stats_dir: Path, out: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from raymoe.store import load_stats
-
-    stats = load_stats(stats_dir)
-    layers = stats.moe_layers
-    width = max(stats.layers[l].num_experts for l in layers)
-    panels = {"usage share": lambda s: s.usage, "REAP saliency": lambda s: s.reap}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.25 * len(layers) + 2.2))
-    for ax, (title, fn) in zip(axes, panels.items()):
-        grid = np.full((len(layers), width), np.nan)
-        for i, l in enumerate(layers):
-            vals = fn(stats.layers[l])
-            grid[i, : len(vals)] = vals
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{title} (layer x expert)", fontsize=9)
-        ax.set_xlabel("expert")
-        ax.set_ylabel("MoE layer")
-        ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _table(prim: pl.DataFrame) -> str:
-    tasks = sorted(prim["task"].unique().to_list())
-    base = {r["task"]: r["value"] for r in prim.filter(pl.col("method") == "unpruned").iter_rows(named=True)}
-    variants = prim.group_by("variant").agg(pl.col("method").first(), pl.col("ratio").first(),
-                                            pl.col("sparsity").first()).sort(["sparsity", "method", "variant"])
-    head = "| variant | method | ratio | sparsity | " + " | ".join(
-        f"{t} ({prim.filter(pl.col('task') == t)['metric'][0]})" for t in tasks) + " | mean acc retained |"
-    lines = [head, "|" + "---|" * (5 + len(tasks))]
-    for v in variants.iter_rows(named=True):
-        cells, retained = [], []
-        for t in tasks:
-            row = prim.filter((pl.col("variant") == v["variant"]) & (pl.col("task") == t))
-            if not row.height:
-                cells.append("-")
-                continue
-            val, metric = row["value"][0], row["metric"][0]
-            err = row["stderr"][0]
-            cells.append(f"{val:.4g}" + (f" ± {err:.2g}" if err is not None else ""))
-            if not _lower_better(metric) and base.get(t):
-                retained.append(val / base[t])
-        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
-        kept = f"{100 * sum(retained) / len(retained):.1f}%" if retained else "-"
-        lines.append(f"| {v['variant']} | {v['method']} | {ratio} | {v['sparsity']:.2f} | "
-                     + " | ".join(cells) + f" | {kept} |")
-    return "\n".join(lines)
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]
+    return df.with_columns(missing) if missing else df
 
 
 def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Path:
@@ -170,7 +69,7 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
     parquet = results if results.suffix == ".parquet" else results / "results.parquet"
     if not parquet.is_file():
         raise RaymoeError(f"no results at {parquet} (run `raymoe run` or `raymoe eval` first)")
-    df = pl.read_parquet(parquet)
+    df = _with_schema(pl.read_parquet(parquet))
     if not df.height:
         raise RaymoeError(f"{parquet} holds no result rows")
     if stats_dir is None and (run_dir / "run.json").is_file():
@@ -178,18 +77,28 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     prim = primary_metrics(df)
-    _plot_accuracy(prim, out / "accuracy_vs_sparsity.png")
-    _plot_kept(df, out / "kept_experts.png")
-    heat = stats_dir is not None and Path(stats_dir).is_dir() and _plot_heatmap(Path(stats_dir), out / "importance_heatmap.png")
+    metric_of = {t: prim.filter(pl.col("task") == t)["metric"][0] for t in prim["task"].unique().to_list()}
+    tasks = task_order(list(metric_of), metric_of, lower_better)
+    plot_metrics(prim, out / "accuracy_vs_sparsity.png", tasks, lower_better)
+    plot_kept(df, out / "kept_experts.png")
+    heat = stats_dir is not None and Path(stats_dir).is_dir() and plot_heatmap(Path(stats_dir), out / "importance_heatmap.png")
     run = df["run"][0]
+    missing_se = df.filter(pl.col("stderr").is_null() | ~pl.col("stderr").is_finite()).height
     md = [f"# raymoe report: {run}", "",
           f"{df['variant'].n_unique()} variants x {df['task'].n_unique()} tasks, backend "
           f"{', '.join(sorted(df['backend'].unique().to_list()))}; source model "
-          f"`{df['source_model'].drop_nulls()[0] if df['source_model'].drop_nulls().len() else '?'}`.", "",
+          f"`{df['source_model'].drop_nulls()[0] if df['source_model'].drop_nulls().len() else '?'}`."
+          + (f" {missing_se} rows have no standard error." if missing_se else ""), "",
           "## Variants against the unpruned model", "",
-          "Headline metric per task (± stderr as lm-eval reports it); *mean acc retained* averages "
-          "value / unpruned value over the accuracy tasks.", "", _table(prim), "",
-          "## Plots", "", "![accuracy vs sparsity](accuracy_vs_sparsity.png)", "",
+          "Headline metric per task, ± the 95% half-width (1.96 x stderr: lm-eval's for accuracies, a bootstrap "
+          "over documents for perplexities and KL divergence). `kld:<corpus>`: mean per-token KL(unpruned || "
+          "variant) in nats on held-out windows, lower is better. *above-chance retained* = "
+          "(acc - chance) / (acc_unpruned - chance), averaged over the accuracy tasks. Parameters and bytes are "
+          "the checkpoint's.", "", main_table(df, prim, tasks, lower_better), "",
+          "## Which differences are real", "",
+          "Each pruned variant against the best one at the same ratio, paired on the items (documents, "
+          "questions) both were scored on.", "", paired_markdown(paired_table(prim, lower_better)), "",
+          "## Plots", "", "![metrics vs sparsity](accuracy_vs_sparsity.png)", "",
           "![kept experts per layer](kept_experts.png)", ""]
     if heat:
         md += ["![expert importance](importance_heatmap.png)", ""]

@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from raymoe.eval.backends import check_backend
+    from raymoe.eval.fidelity import is_fidelity
     from raymoe.eval.fleet import EvalFleet
     from raymoe.eval.results import write_results
     from raymoe.eval.tasks import parse_tasks
@@ -203,7 +204,9 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     stats_id = stats_dir.name
     atomic_write_json(sw.run_dir / "run.json", {"name": spec.name, "model": str(model), "stats": str(stats_dir),
                                                 "spec": spec.model_dump(mode="json")})
-    tasks = [t.__class__(t.name, spec.eval.limits.get(t.name, t.limit))
+    # fidelity tasks (kld:<corpus>) score every variant against the sweep's unpruned model
+    tasks = [replace(t, limit=spec.eval.limits.get(t.name, t.limit),
+                     **({"reference": str(model), "cache_dir": str(sw.cache / "kld")} if is_fidelity(t.name) else {}))
              for t in parse_tasks(spec.eval.tasks, limit=spec.eval.limit)]
     grid = variant_grid(spec)
     total = (len(grid) + int(spec.baseline)) * len(tasks)
