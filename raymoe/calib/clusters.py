@@ -1,14 +1,19 @@
 """Calibration clusters for Pathfinder's per-cluster statistics, fixed before the pass.
 
 Pathfinder (Yang, Tian, Song, arXiv 2512.18425) clusters calibration
-sequences with k-means and keeps transition statistics per cluster. So that
-the per-cluster sums accumulate in the one calibration pass (no second pass),
-raymoe assigns the clusters *before* the pass: seeded k-means (k-means++,
-10 restarts) on each sequence's mean input embedding (the mean of the
-embedding rows of its tokens), K = min(clusters, N). The cluster id then
-travels with each micro-batch. The pooled final hidden states are still
-recorded per sequence (sequences.parquet) for methods that want to
-re-cluster on them.
+sequences with k-means on pooled hidden states and keeps transition statistics
+per cluster. The paper does not say which layer's states; raymoe pools the
+final hidden states (the last decoder layer's output after the final norm,
+mean over the sequence's tokens: the model's own sequence representation, the
+same vector recorded per sequence in sequences.parquet). So that the
+per-cluster sums accumulate in the statistics pass, the clusters are assigned
+*before* it, from a pre-pass: every micro-batch goes through the stages once
+without statistics (`MicroBatch.prepass`), then seeded k-means (k-means++, 10
+restarts) with K = min(clusters, N). The cluster id travels with each
+micro-batch of the statistics pass. The pre-pass costs about one bare forward
+(measured with bench/calibrate.py, see its docstring); the alternative, per-sequence
+transition matrices clustered after the pass, would need N x E x E' numbers per
+layer (3.9 GB at DeepSeek-V3 scale with 128 sequences).
 """
 
 from __future__ import annotations

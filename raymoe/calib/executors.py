@@ -50,8 +50,15 @@ class LocalExecutor:
                        for st in stages]
         return [s.info() for s in self.stages]
 
-    def mean_embeddings(self, ids: np.ndarray) -> np.ndarray:
-        return self.stages[0].mean_embeddings(ids)
+    def pooled(self, batches: list[MicroBatch], progress: bool = True) -> np.ndarray:
+        """The cluster pre-pass: pooled final hidden states of every sequence [N, H] (no statistics)."""
+        rows = {}
+        for mb in tqdm(batches, desc="calibrate: cluster pre-pass", unit="batch", disable=not progress):
+            x = mb
+            for stage in self.stages:
+                x = stage.forward(x)
+            rows.update(zip(x.seq_ids.tolist(), x.pooled))
+        return np.stack([rows[i] for i in range(len(rows))])
 
     def run(self, batches: list[MicroBatch], totals: Totals, progress: bool = True) -> dict:
         for mb in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
@@ -103,15 +110,48 @@ class RayExecutor:
                 for row in self.pool.actors for s, a in enumerate(row)]
         return ray.get(refs)
 
-    def mean_embeddings(self, ids: np.ndarray) -> np.ndarray:
-        return ray.get(self.pool.actors[0][0].mean_embeddings.remote(ids))
+    def pooled(self, batches: list[MicroBatch], progress: bool = True) -> np.ndarray:
+        """The cluster pre-pass on the replicas (round-robin, `in_flight` chains each); a replica whose
+        actor fails is revived and its unfinished pre-pass batches are submitted again."""
+        R = len(self.pool.actors)
+        reps = [_Replica(r, self.pool.actors[r], [], self.window) for r in range(R)]
+        for r, rep in enumerate(reps):
+            rep.queue = deque(batches[r::R])
+        rows, failures = {}, 0
+        with tqdm(total=len(batches), desc="calibrate: cluster pre-pass", unit="batch",
+                  disable=not progress) as bar:
+            while any(rep.queue or rep.inflight for rep in reps):
+                for rep in reps:
+                    while rep.queue and len(rep.inflight) < self.in_flight:
+                        self._submit(rep, rep.queue.popleft(), quiet=True)
+                owner = {ref: rep for rep in reps for ref in rep.inflight}
+                ready, _ = ray.wait(list(owner), num_returns=1)
+                for ref in ready:
+                    rep = owner[ref]
+                    mb = rep.inflight.pop(ref)
+                    try:
+                        out = ray.get(ref)
+                    except _ACTOR_ERRORS as err:
+                        failures += 1
+                        if failures > self.max_window_retries:
+                            raise CalibrationError(f"cluster pre-pass: stage actors failed {failures} times "
+                                                   f"({type(err).__name__}: {err})") from None
+                        rep.queue.extendleft([mb, *rep.inflight.values()])
+                        rep.inflight.clear()
+                        self._revive(rep)
+                        break
+                    rows.update(zip(out.seq_ids.tolist(), out.pooled))
+                    bar.update(1)
+        return np.stack([rows[i] for i in range(len(rows))])
 
     # ---- the streaming loop ---------------------------------------------------------------------
-    def _submit(self, rep: _Replica, mb: MicroBatch) -> None:
+    def _submit(self, rep: _Replica, mb: MicroBatch, quiet: bool = False) -> None:
         ref = mb
         for actor in rep.actors:
             ref = actor.forward.remote(ref)
         rep.inflight[ref] = mb
+        if quiet:  # the pre-pass reports no events
+            return
         self.on_event("submitted", {"replica": rep.index, "batch": mb.batch_id, "actors": rep.actors})
 
     def _revive(self, rep: _Replica) -> int:

@@ -24,6 +24,7 @@ class Totals:
         self.probes: dict[int, dict[int, np.ndarray]] = {}
         self.traces: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.pooled: dict[int, np.ndarray] = {}
+        self.pooled_in: dict[int, dict[int, np.ndarray]] = {}  # layer -> sequence -> [H] token sum
 
     def add(self, part: dict) -> None:
         for layer, fields in part["layers"].items():
@@ -35,6 +36,8 @@ class Totals:
         for b, per_layer in part["traces"].items():
             self.traces.setdefault(b, {}).update(per_layer)
         self.pooled.update(part["pooled"])
+        for layer, rows in part.get("pooled_in", {}).items():
+            self.pooled_in.setdefault(layer, {}).update(rows)  # each sequence passes one layer once
 
     def build(self, spec: MoeModelSpec, manifest: dict, batches: list[MicroBatch], seq_cluster: np.ndarray,
               num_clusters: int, seq_len: int) -> CalibStats:
@@ -57,8 +60,15 @@ class Totals:
                 st.trans_intensity = np.asarray(acc.get("trans_intensity", np.zeros((E, E2))), dtype=np.float64)
                 st.trans_intensity_by_cluster = np.asarray(
                     acc.get("trans_intensity_by_cluster", np.zeros((num_clusters, E, E2))), dtype=np.float64)
+                st.trans_routed = np.asarray(acc.get("trans_routed", np.zeros((E, E2))), dtype=np.float64)
+                st.trans_routed_by_cluster = np.asarray(
+                    acc.get("trans_routed_by_cluster", np.zeros((num_clusters, E, E2))), dtype=np.float64)
             chunks = [self.probes[b][l] for b in order if l in self.probes.get(b, {})]
             st.probe_inputs = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, H), np.float32)
+            pooled_in = np.zeros((len(seq_cluster), H), dtype=np.float64)  # [N, H]
+            for seq, row in self.pooled_in.get(l, {}).items():
+                pooled_in[seq] = row / seq_len
+            st.pooled_inputs = pooled_in.astype(np.float32)
             layers[l] = st
         pooled = np.stack([self.pooled[i] for i in range(len(seq_cluster))]) if self.pooled else None
         return CalibStats(manifest=manifest, layers=layers, num_clusters=num_clusters,

@@ -2,10 +2,10 @@
 
 Order of work: the model spec and shard plan (fail fast on a missing or
 non-MoE model, or S > layers), the data (tokenised N x L samples), the
-executor (Ray stage pool, or all stages in-process), mean input embeddings ->
-k-means clusters (before the pass, see `raymoe.calib.clusters`), micro-batches
-with their probe tokens, the pass, then the reduction into `CalibStats` with
-its manifest.
+executor (Ray stage pool, or all stages in-process), the cluster pre-pass
+(pooled final hidden states -> k-means clusters, see `raymoe.calib.clusters`;
+skipped when K = 1), micro-batches with their probe tokens, the pass, then the
+reduction into `CalibStats` with its manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import ray
 
 import raymoe
@@ -88,7 +89,7 @@ def _manifest(prep: Prepared, run_info: dict) -> dict:
         "data": dict(prep.data.info, hash=prep.data.hash),
         "calibration": dict(cfg.manifest(), num_clusters=prep.num_clusters,
                             probe_tokens_per_batch=prep.probe_tokens,
-                            cluster_features="mean input embedding (k-means before the pass)"),
+                            cluster_features="pooled final hidden states (pre-pass, k-means before the pass)"),
         "run": dict(run_info, stages=[s.to_dict() for s in prep.stages], replicas=cfg.replicas, local=cfg.local,
                     placement=cfg.placement),
         "raymoe_version": raymoe.__version__,
@@ -129,7 +130,13 @@ def calibrate(model: str | Path | Prepared, config: CalibConfig | None = None, d
         t0 = time.perf_counter()
         infos = executor.setup(str(prep.path), prep.stages, prep.num_clusters, cfg.dtype)
         t_setup = time.perf_counter() - t0
-        clusters = assign_clusters(executor.mean_embeddings(prep.data.ids), cfg.clusters, cfg.seed)
+        t1 = time.perf_counter()
+        if prep.num_clusters > 1:
+            pre = make_batches(prep.data.ids, None, cfg.micro_batch, 0, cfg.seed, prepass=True)
+            clusters = assign_clusters(executor.pooled(pre, progress=progress), cfg.clusters, cfg.seed)
+        else:
+            clusters = np.zeros(prep.data.samples, dtype=np.int64)
+        t_clusters = time.perf_counter() - t1
         batches = make_batches(prep.data.ids, clusters, cfg.micro_batch, prep.probe_tokens, cfg.seed)
         totals = Totals()
         t1 = time.perf_counter()
@@ -139,7 +146,8 @@ def calibrate(model: str | Path | Prepared, config: CalibConfig | None = None, d
         if own_pool:
             executor.close()
     tokens = int(prep.data.ids.size)
-    run_info = dict(info, setup_seconds=round(t_setup, 3), pass_seconds=round(seconds, 3), tokens=tokens,
+    run_info = dict(info, setup_seconds=round(t_setup, 3), cluster_seconds=round(t_clusters, 3),
+                    pass_seconds=round(seconds, 3), tokens=tokens,
                     tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
                     actors=[{k: v for k, v in i.items() if k != "loaded"} | {"loaded_tensors": len(i["loaded"])}
                             for i in infos])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raymoe.calib.batches import BatchDone, MicroBatch
+from raymoe.calib.batches import BatchDone, MicroBatch, Pooled
 from raymoe.calib.capture import attach
 from raymoe.calib.shard import EMBED_NAME, NORM_NAME, CalibrationError, StageRange
 from raymoe.calib.stats import StatsAccumulator
@@ -121,7 +121,7 @@ class Stage:
         return F.embedding(torch.from_numpy(ids).to(self.device), self.embed).double().mean(1).cpu().numpy()
 
     @torch.inference_mode()
-    def forward(self, mb: MicroBatch) -> MicroBatch | BatchDone:
+    def forward(self, mb: MicroBatch) -> MicroBatch | BatchDone | Pooled:
         if self.embed is not None:
             h = F.embedding(torch.from_numpy(mb.ids).to(self.device), self.embed)  # [B, L, H]
         else:
@@ -141,8 +141,12 @@ class Stage:
             h = out[0] if isinstance(out, tuple) else out
             cap = self.captures.get(l)
             if cap is not None:
-                prev = self.stats.update(l, cap, cluster, probe, mb.batch_id, layer.mlp.experts, self._bias(l), prev)
+                if not mb.prepass:
+                    prev = self.stats.update(l, cap, cluster, probe, mb.batch_id, layer.mlp.experts, self._bias(l),
+                                             prev, mb.seq_ids)
                 cap.clear()
+        if self.norm is not None and mb.prepass:
+            return Pooled(mb.batch_id, mb.seq_ids, self.norm(h).double().mean(1).cpu().numpy())  # [B, H]
         if self.norm is not None:
             self.stats.add_pooled(mb.seq_ids.tolist(), self.norm(h).double().mean(1).cpu())  # [B, H]
             return BatchDone(mb.batch_id, B * L)

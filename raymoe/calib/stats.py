@@ -10,8 +10,13 @@ n_t(e) = ||f_e(x_t)||, with a_t(e) = 1[e in S_t] n_t(e):
 and, for the previous MoE layer l- (possibly in an earlier stage: its routing
 travels with the hidden states), with l the next MoE layer of l-:
   trans[l-]           += sum_t 1[i in S_t^{l-}] 1[j in S_t^l]
-  trans_intensity[l-] += sum_t a_t^{l-}(i) p_t^l(j)     (Pathfinder's transition intensity)
-  trans_intensity_by_cluster[l-][c] the same over tokens of sequences in calibration cluster c.
+  trans_intensity[l-] += sum_t a_t^{l-}(i) p_t^l(j)     (full next-layer probabilities)
+  trans_routed[l-]    += sum_t a_t^{l-}(i) 1[j in S_t^l] p_t^l(j)   (Pathfinder's transition intensity,
+                         counted per token over the experts routed at that token in both layers)
+  trans_intensity_by_cluster[l-][c], trans_routed_by_cluster[l-][c] the same over tokens of
+                         sequences in calibration cluster c.
+Per sequence s (C-Prune's sequence-pooled inputs): pooled_in[l][s] = sum over s's tokens of x_t
+(divided by the sequence length when the totals are built).
 On the probe tokens (a seeded subset per micro-batch) every expert runs:
   probe_cos_sum   += sum_t cos(f_i(x_t), f_j(x_t))      mean_output_sum += sum_t f_e(x_t)
   loo_err_sum[e]  += sum_t ||y_t - y_t^{-e}||^2, y the routed output (sum_{S_t} g f) and y^{-e}
@@ -75,6 +80,7 @@ class StatsAccumulator:
         self.probes: dict[int, dict[int, np.ndarray]] = {}  # batch -> layer -> [P, H]
         self.traces: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # batch -> layer -> ([P,k],[P,k])
         self.pooled: dict[int, np.ndarray] = {}  # sequence -> [H]
+        self.pooled_in: dict[int, dict[int, np.ndarray]] = {}  # layer -> sequence -> [H] sum of MoE inputs
 
     def _acc(self, layer: int) -> dict:
         if layer not in self.layers:
@@ -89,7 +95,7 @@ class StatsAccumulator:
     # ---- one MoE layer of one micro-batch -------------------------------------------------------
     def update(self, layer: int, cap: LayerCapture, token_cluster: torch.Tensor, probe: torch.Tensor,
                batch_id: int, experts: torch.nn.Module, bias: torch.Tensor | None,
-               prev: Routing | None) -> Routing:
+               prev: Routing | None, seq_ids: np.ndarray | None = None) -> Routing:
         E = self.spec.experts[layer]
         idx, g, n = cap.index.long().cpu(), cap.weights.float().cpu(), cap.norms.float().cpu()  # [T, k] each
         logits = cap.logits.float().cpu()  # [T, E]
@@ -104,6 +110,12 @@ class StatsAccumulator:
         self._add(acc, "reap_sum", torch.zeros(E, dtype=torch.float64).index_add_(0, flat, (g * n).flatten().double()))
         self._add(acc, "act_norm_sum", torch.zeros(E, dtype=torch.float64).index_add_(0, flat, n.flatten().double()))
         self._add(acc, "coact", routed.T @ routed)  # [E, E]
+        if seq_ids is not None:
+            x = cap.x.detach().float().cpu()  # [B*L, H]
+            per_seq = x.view(len(seq_ids), -1, x.shape[-1]).sum(1, dtype=torch.float64).numpy()  # [B, H]
+            rows = self.pooled_in.setdefault(layer, {})
+            for s, row in zip(seq_ids.tolist(), per_seq):
+                rows[int(s)] = row.copy()
         if prev is not None:
             self._transition(prev, routed, probs, token_cluster)
         if probe.numel() > 0:
@@ -115,14 +127,18 @@ class StatsAccumulator:
         E_prev = self.spec.experts[layer]
         before = _onehot(idx, E_prev)  # [T, E-]
         strength = _onehot(idx, E_prev, norms)  # a_t(i) [T, E-]
+        routed_p = routed * probs  # 1[j in S_t] p_t(j) [T, E]
         acc = self._acc(layer)
         self._add(acc, "trans", before.T @ routed)  # [E-, E]
         self._add(acc, "trans_intensity", strength.T @ probs)  # [E-, E]
-        by_cluster = torch.zeros(self.num_clusters, E_prev, routed.shape[1], dtype=torch.float64)  # [K, E-, E]
+        self._add(acc, "trans_routed", strength.T @ routed_p)  # [E-, E]
+        by_cluster = torch.zeros(2, self.num_clusters, E_prev, routed.shape[1], dtype=torch.float64)  # [2, K, E-, E]
         for c in cluster.unique().tolist():
             rows = cluster == c
-            by_cluster[c] += (strength[rows].T @ probs[rows]).double()
-        self._add(acc, "trans_intensity_by_cluster", by_cluster)
+            by_cluster[0, c] += (strength[rows].T @ probs[rows]).double()
+            by_cluster[1, c] += (strength[rows].T @ routed_p[rows]).double()
+        self._add(acc, "trans_intensity_by_cluster", by_cluster[0])
+        self._add(acc, "trans_routed_by_cluster", by_cluster[1])
 
     def _probe(self, layer: int, acc: dict, x: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor,
                g: torch.Tensor, probe: torch.Tensor, batch_id: int, experts: torch.nn.Module,
@@ -157,6 +173,7 @@ class StatsAccumulator:
         """This process's partial sums since the last take (numpy), then reset."""
         layers = {l: {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in acc.items()}
                   for l, acc in self.layers.items()}
-        out = {"layers": layers, "probes": self.probes, "traces": self.traces, "pooled": self.pooled}
+        out = {"layers": layers, "probes": self.probes, "traces": self.traces, "pooled": self.pooled,
+               "pooled_in": self.pooled_in}
         self.reset()
         return out

@@ -11,6 +11,8 @@ raymoe/store/schema.py. Hidden states are structured like real ones:
   so consecutive MoE layers' choices are correlated (transitions);
 - a per-layer "popular" direction d_l of layer-dependent strength gamma_l skews
   usage differently per layer (varied entropy).
+Every field of the store schema (SCHEMA_VERSION) is produced, with the calibration's
+definitions: routed transition intensities, per-sequence pooled MoE inputs, ...
 `SyntheticWeights` adds functional families of experts (shared low-rank factors),
 so co-activation and output similarity are correlated.
 """
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from raymoe.moe.routing import RoutingRule, route
 from raymoe.moe.spec import MoeModelSpec
-from raymoe.store.schema import CalibStats, LayerStats
+from raymoe.store.schema import SCHEMA_VERSION, CalibStats, LayerStats
 
 __all__ = ["SCALES", "scale_config", "SyntheticWeights", "simulate_stats", "synthetic_stats"]
 
@@ -212,12 +214,17 @@ def simulate_stats(weights, *, sequences: int = 32, seq_len: int = 32, clusters:
             s.mean_output_sum = outs.sum(0).double().numpy()  # [E, H]
             loo = _loo_errors(rule, logits[probe], bias, gram)  # [E]
         s.loo_err_sum, s.probe_tokens, s.probe_inputs = loo, float(len(probe)), xp.numpy().copy()
+        s.pooled_inputs = x.view(sequences, seq_len, H).mean(1).numpy().copy()  # [N, H]
         if prev_sel is not None:  # transitions from the previous MoE layer into this one
             p = probs.double().numpy()
+            pr = sel * p  # p_t(j) on the routed experts [T, E']
             out[prev_l].trans = prev_sel.T @ sel  # [E, E']
             out[prev_l].trans_intensity = prev_int.T @ p  # [E, E']
             out[prev_l].trans_intensity_by_cluster = np.stack(
                 [prev_int[tok_cluster == c].T @ p[tok_cluster == c] for c in range(K)])  # [K, E, E']
+            out[prev_l].trans_routed = prev_int.T @ pr  # [E, E']
+            out[prev_l].trans_routed_by_cluster = np.stack(
+                [prev_int[tok_cluster == c].T @ pr[tok_cluster == c] for c in range(K)])  # [K, E, E']
         out[l] = s
         prev_sel, prev_int, prev_l = sel, act, l
         nt = min(traced_sequences * seq_len, T)  # sampled routing traces of the first sequences
@@ -226,7 +233,7 @@ def simulate_stats(weights, *, sequences: int = 32, seq_len: int = 32, clusters:
     manifest = {
         "model": {"path": model_path or "", "config": dict(spec.config), "model_type": spec.arch.family},
         "data": {"synthetic": True, "sequences": sequences, "seq_len": seq_len, "seed": seed},
-        "calibration": {"clusters": K, "probe_tokens": int(len(probe))},
+        "calibration": {"clusters": K, "probe_tokens": int(len(probe)), "stats_schema": SCHEMA_VERSION},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
     extra = {"traces": {k: np.concatenate([t[i] for t in traces]) for i, k in

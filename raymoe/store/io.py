@@ -1,15 +1,16 @@
 """The stats store: one directory per calibration, written atomically, never pickled.
 
   manifest.json          model {path, model_type, hash, ...}, data {..., hash}, calibration {config},
-                         raymoe_version, created, num_clusters, files
+                         raymoe_version, created, num_clusters, files, schema_version
   experts.parquet        one row per (layer, expert): layer, expert, num_experts, top_k, tokens,
                          probe_tokens and the [E] sums of `VECTOR_FIELDS`
-  matrices.safetensors   "L{layer}.{field}" for the matrix fields (float64 sums; probe_inputs float32)
+  matrices.safetensors   "L{layer}.{field}" for the matrix fields (float64 sums; probe_inputs, pooled_inputs float32)
   sequences.parquet      per calibration sequence: seq, cluster, n_tokens, pooled (list<float64>, [H])
   traces.parquet         sampled routing traces: seq, pos, layer, experts (list<int32>), weights (list<float32>)
 
 `save_stats` writes into a temporary sibling and renames it when complete
-(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there.
+(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there and that the
+store's `schema_version` is this raymoe's `SCHEMA_VERSION` (a store without one is version 1).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from raymoe.errors import RaymoeError
 from raymoe.io import atomic_dir
-from raymoe.store.schema import MATRIX_FIELDS, VECTOR_FIELDS, CalibStats, LayerStats
+from raymoe.store.schema import MATRIX_FIELDS, SCHEMA_VERSION, VECTOR_FIELDS, CalibStats, LayerStats
 
 __all__ = ["StatsStoreError", "save_stats", "load_stats", "STORE_FILES"]
 
@@ -81,10 +82,11 @@ def save_stats(stats: CalibStats, path: str | Path, *, overwrite: bool = False) 
         for name in MATRIX_FIELDS:
             value = getattr(st, name)
             if value is not None:
-                dtype = np.float32 if name == "probe_inputs" else np.float64
+                dtype = np.float32 if name in ("probe_inputs", "pooled_inputs") else np.float64
                 matrices[f"L{l}.{name}"] = np.ascontiguousarray(value, dtype=dtype)
     seq_len = int(stats.manifest.get("data", {}).get("seq_len", 0))
-    manifest = dict(stats.manifest, num_clusters=int(stats.num_clusters), files=list(STORE_FILES))
+    manifest = dict(stats.manifest, num_clusters=int(stats.num_clusters), files=list(STORE_FILES),
+                    schema_version=SCHEMA_VERSION)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         pq.write_table(_experts_table(stats), tmp / "experts.parquet")
@@ -118,6 +120,10 @@ def load_stats(path: str | Path) -> CalibStats:
         manifest = json.loads((path / "manifest.json").read_text())
     except json.JSONDecodeError as err:
         raise StatsStoreError(f"{path}/manifest.json: invalid JSON ({err.msg})") from None
+    version = manifest.get("schema_version", 1)
+    if version != SCHEMA_VERSION:
+        raise StatsStoreError(f"{path} holds statistics of schema version {version}; this raymoe reads version "
+                              f"{SCHEMA_VERSION} (calibrate again)")
     rows = pq.read_table(path / "experts.parquet").to_pydict()
     matrices = load_file(str(path / "matrices.safetensors"))
     layers: dict[int, LayerStats] = {}

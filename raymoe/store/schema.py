@@ -6,6 +6,13 @@ derived on read. Notation (shared/METHODS.md): for token t at MoE layer l,
 router probabilities p_t(e), routed set S_t (|S_t| = k), gate weight g_t(e),
 expert output f_e(x_t), a_t(e) = 1[e in S_t] * ||f_e(x_t)||.
 
+Schema version 2 (`SCHEMA_VERSION`) added the routed transition intensity
+(`trans_routed`, per cluster `trans_routed_by_cluster`), the per-sequence pooled
+MoE inputs (`pooled_inputs`, for C-Prune's votes), and calibration clusters from
+pooled final hidden states (a pre-pass) instead of mean input embeddings; the
+default probe budget grew (CalibConfig.probe_hits). A store of another version is
+refused on load (`raymoe.store.io.load_stats`), so old caches are not reused.
+
 On disk (the stats store directory, written atomically, never pickled):
   manifest.json          model id/hash, data hash, calibration config, version, created
   experts.parquet        one row per (layer, expert): the [E] vectors below
@@ -19,7 +26,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["LayerStats", "CalibStats", "VECTOR_FIELDS", "MATRIX_FIELDS"]
+__all__ = ["LayerStats", "CalibStats", "VECTOR_FIELDS", "MATRIX_FIELDS", "SCHEMA_VERSION"]
+
+#: version of the statistics this raymoe writes and reads (bump when a field or its definition changes)
+SCHEMA_VERSION = 2
 
 #: [E] sums, stored in experts.parquet
 VECTOR_FIELDS = ("counts", "prob_mass", "gate_mass", "reap_sum", "act_norm_sum", "loo_err_sum")
@@ -29,6 +39,10 @@ MATRIX_FIELDS = {
     "trans": "[E, E']  sum_t 1[i in S_t^l] 1[j in S_t^l'], l' the next MoE layer",
     "trans_intensity": "[E, E']  sum_t a_t^l(i) p_t^l'(j)",
     "trans_intensity_by_cluster": "[K, E, E']  the same, per calibration cluster",
+    "trans_routed": "[E, E']  sum_t a_t^l(i) 1[j in S_t^l'] p_t^l'(j)  (routed pairs of the same token)",
+    "trans_routed_by_cluster": "[K, E, E']  the same, per calibration cluster",
+    "pooled_inputs": "[N, H]  per sequence, the mean over its tokens of the layer's MoE input x_t "
+                     "(rows of unseen sequences are 0, so partials add)",
     "probe_cos_sum": "[E, E]  sum over probe tokens of cos(f_i(x), f_j(x))",
     "mean_output_sum": "[E, H]  sum over probe tokens of f_e(x)",
     "probe_inputs": "[P, H]  the layer's inputs on the sampled probe tokens (not a sum; concatenated)",
@@ -56,6 +70,9 @@ class LayerStats:
     trans: np.ndarray | None = None  # None for the last MoE layer
     trans_intensity: np.ndarray | None = None
     trans_intensity_by_cluster: np.ndarray | None = None
+    trans_routed: np.ndarray | None = None  # [E, E'] over the routed experts of both layers
+    trans_routed_by_cluster: np.ndarray | None = None  # [K, E, E']
+    pooled_inputs: np.ndarray | None = None  # [N, H] per-sequence mean MoE input
     probe_cos_sum: np.ndarray = None
     mean_output_sum: np.ndarray = None
     probe_inputs: np.ndarray | None = None

@@ -108,23 +108,28 @@ def hf_reference(model_path: str, ids: np.ndarray, seq_cluster: np.ndarray, num_
             ye = torch.stack([(we[p, :, None].double() * po[p, ie[p]]).sum(0) for p in range(len(rows))])
             loo[e] = float(((y - ye) ** 2).sum())
         r["loo_err_sum"] = loo
+        r["pooled_inputs"] = x.view(N, L, -1).double().mean(1).numpy()  # [N, H]
         r["probe_tokens"] = float(len(rows))
         if prev is not None:
             pl, p_routed, p_strength = prev
             res[pl]["trans"] = p_routed.T @ routed
             res[pl]["trans_intensity"] = p_strength.T @ probs.numpy()
-            by = np.zeros((num_clusters, p_routed.shape[1], E))
+            routed_p = routed * probs.numpy()  # p_t(j) on the routed experts only
+            res[pl]["trans_routed"] = p_strength.T @ routed_p
+            by = np.zeros((2, num_clusters, p_routed.shape[1], E))
             for c in range(num_clusters):
                 sel = tok_cluster == c
-                by[c] = p_strength[sel].T @ probs.numpy()[sel]
-            res[pl]["trans_intensity_by_cluster"] = by
+                by[0, c] = p_strength[sel].T @ probs.numpy()[sel]
+                by[1, c] = p_strength[sel].T @ routed_p[sel]
+            res[pl]["trans_intensity_by_cluster"], res[pl]["trans_routed_by_cluster"] = by
         res[l] = r
         prev = (l, routed, strength)
     return res
 
 
 FLOAT_FIELDS = ("prob_mass", "gate_mass", "reap_sum", "act_norm_sum", "loo_err_sum", "trans_intensity",
-                "trans_intensity_by_cluster", "probe_cos_sum", "mean_output_sum", "probe_inputs")
+                "trans_intensity_by_cluster", "trans_routed", "trans_routed_by_cluster", "probe_cos_sum",
+                "mean_output_sum", "probe_inputs", "pooled_inputs")
 COUNT_FIELDS = ("counts", "coact", "trans")
 
 

@@ -46,15 +46,17 @@ def test_local_stats_equal_independent_reference(family, tiny_model):
     last = spec.moe_layers[-1]
     assert stats.layers[last].trans is None and stats.layers[spec.moe_layers[0]].trans is not None
     np.testing.assert_allclose(stats.seq_pooled, ref["pooled"], rtol=1e-4, atol=1e-5)
-    # clusters: seeded k-means on each sequence's mean input embedding, before the pass
+    # clusters: seeded k-means on each sequence's pooled final hidden states (the pre-pass)
     from sklearn.cluster import KMeans
 
     k = min(CFG.clusters, CFG.samples)
-    expect = KMeans(n_clusters=k, n_init=10, random_state=CFG.seed).fit_predict(ref["mean_embed"])
+    expect = KMeans(n_clusters=k, n_init=10, random_state=CFG.seed).fit_predict(ref["pooled"])
     np.testing.assert_array_equal(stats.seq_cluster, expect)
     assert stats.num_clusters == k
     by = stats.layers[spec.moe_layers[0]]
     np.testing.assert_allclose(by.trans_intensity_by_cluster.sum(0), by.trans_intensity, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(by.trans_routed_by_cluster.sum(0), by.trans_routed, rtol=1e-5, atol=1e-9)
+    assert stats.manifest["calibration"]["stats_schema"] == 2
 
 
 @pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])

@@ -25,7 +25,22 @@ def test_sums_are_consistent(traced):
         np.testing.assert_allclose(s.trans.sum(1), s.counts * stats.layers[b].top_k)
         np.testing.assert_allclose(s.trans_intensity_by_cluster.sum(0), s.trans_intensity, rtol=1e-9)
         np.testing.assert_allclose(s.trans_intensity.sum(1), s.act_norm_sum, rtol=1e-6)  # next-layer probs sum to 1
+        np.testing.assert_allclose(s.trans_routed_by_cluster.sum(0), s.trans_routed, rtol=1e-9)
+        assert np.all(s.trans_routed <= s.trans_intensity + 1e-9)  # the routed part of the full intensity
+        np.testing.assert_array_equal(s.trans_routed > 0, s.trans > 0)  # nonzero exactly on co-routed pairs
+        x = stats.extra["inputs"][a]  # [T, H]
+        np.testing.assert_allclose(s.pooled_inputs, x.reshape(len(stats.seq_cluster), -1, x.shape[1]).mean(1),
+                                   rtol=1e-5, atol=1e-6)
     assert len(stats.seq_cluster) == 8 and stats.seq_pooled.shape == (8, 32)
+
+
+def test_every_schema_field_is_produced(traced):
+    from dataclasses import fields
+
+    stats, _, _ = traced("mixtral")
+    for l in stats.moe_layers[:-1]:
+        missing = [f.name for f in fields(stats.layers[l]) if getattr(stats.layers[l], f.name) is None]
+        assert missing == [], missing
 
 
 def test_seeded_and_skewed():

@@ -35,6 +35,8 @@ def random_stats(seed: int = 0) -> CalibStats:
             E2 = counts[nxt]
             st.trans, st.trans_intensity = rng.random((E, E2)), rng.random((E, E2))
             st.trans_intensity_by_cluster = rng.random((K, E, E2))
+            st.trans_routed, st.trans_routed_by_cluster = rng.random((E, E2)), rng.random((K, E, E2))
+        st.pooled_inputs = rng.standard_normal((5, H)).astype(np.float32)
         layers[l] = st
     manifest = {"model": {"path": "/abs/model", "model_type": "deepseek_v2", "hash": "ab" * 32},
                 "data": {"source": "wiki", "seq_len": 16, "hash": "cd" * 32}, "calibration": {"samples": 5},
@@ -68,6 +70,19 @@ def test_round_trip(tmp_path):
     for key, value in stats.extra["traces"].items():
         np.testing.assert_array_equal(back.extra["traces"][key], value)
     assert back.manifest["model"] == stats.manifest["model"] and back.manifest["num_clusters"] == K
+
+
+def test_other_schema_version_is_refused(tmp_path):
+    from raymoe.store import SCHEMA_VERSION
+
+    save_stats(random_stats(), tmp_path / "s")
+    man_path = tmp_path / "s" / "manifest.json"
+    man = json.loads(man_path.read_text())
+    assert man["schema_version"] == SCHEMA_VERSION == 2
+    del man["schema_version"]  # a store written before versions existed is version 1
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(StatsStoreError, match="schema version 1; this raymoe reads version 2"):
+        load_stats(tmp_path / "s")
 
 
 def test_files_are_plain_formats(tmp_path):
