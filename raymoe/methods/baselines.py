@@ -10,7 +10,10 @@ router probability p_t(e), gate weight g_t(e), expert output f_e(x_t)):
 - `reap`:       s_e = mean_{t: e in S_t} g_t(e) ||f_e(x_t)||       (Router-weighted Expert Activation
                                                                     Pruning, Lasby et al. 2025).
 `uniform` keeps the top n_l per layer; `global` normalises each layer's scores to
-shares s_e / sum_l s and ranks all experts together (floor: top_k per layer).
+shares s_e / sum_l s and ranks all experts together (floor: the model's min_kept).
+Group-limited routers (DeepSeek-V3; DeepSeek-V2 with group_limited_greedy) keep
+the top n_l / n_group of every original group instead (common.keep_balanced),
+and global mode adds one expert per group at a time (Budget.counts_from_scores).
 """
 
 from __future__ import annotations

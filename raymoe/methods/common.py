@@ -16,13 +16,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from raymoe.errors import RaymoeError
-from raymoe.methods.budget import Budget
+from raymoe.methods.budget import Budget, BudgetError
 from raymoe.moe.spec import MoeModelSpec
 from raymoe.plan.schema import LayerPlan, MergeGroup, PrunePlan
 from raymoe.store.schema import CalibStats
 
 __all__ = ["MethodConfig", "Method", "WeightsView", "StatsError", "stats_spec", "model_path", "top_n",
-           "keep_balanced", "per_layer_share", "build_plan", "keep_by_scores", "router_bias", "probe_subset", "single_thread"]
+           "keep_balanced", "group_counts", "per_layer_share", "build_plan", "keep_by_scores", "router_bias",
+           "probe_subset", "single_thread"]
 
 
 class StatsError(RaymoeError):
@@ -141,6 +142,12 @@ def keep_balanced(priority: np.ndarray, n: int, n_group: int) -> list[int]:
     return sorted(j * size + i for j in range(g) for i in top_n(p[j * size:(j + 1) * size], per))
 
 
+def group_counts(keep: list[int], num_experts: int, n_group: int) -> list[int]:
+    """How many of `keep` fall in each of the n_group contiguous original groups."""
+    size = num_experts // n_group
+    return [sum(1 for e in keep if e // size == j) for j in range(n_group)]
+
+
 def per_layer_share(values: np.ndarray) -> np.ndarray:
     """s / sum(s) for non-negative scores (uniform when the layer sums to 0): comparable across layers."""
     v = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
@@ -155,8 +162,15 @@ def _floats(a: Any) -> list[float]:
 def build_plan(method: str, config: MethodConfig, stats: CalibStats, budget: Budget,
                keep: Mapping[int, list[int]], scores: Mapping[int, Mapping[str, Any]],
                merges: Mapping[int, list[MergeGroup]] | None = None) -> PrunePlan:
-    """Assemble and check a plan: counts meet the budget, keep lists ascending, scores of length E."""
+    """Assemble and check a plan: counts meet the budget, every original group keeps the same count
+    (group-limited routers), keep lists ascending, scores of length E."""
     budget.check_counts({l: len(k) for l, k in keep.items()})
+    if budget.n_group > 1:
+        for l, k in keep.items():
+            per = group_counts(k, budget.experts[l], budget.n_group)
+            if len(set(per)) > 1:
+                raise BudgetError(f"{method}: layer {l} keeps {per} experts per original group (n_group="
+                                  f"{budget.n_group}); group-limited routing needs the same count in every group")
     model = stats.manifest.get("model") or {}
     cfg = model.get("config") if isinstance(model, dict) else None
     model_type = (cfg or {}).get("model_type") or model.get("model_type") or stats_spec(stats).arch.family

@@ -155,3 +155,18 @@ def test_unbalanced_selection_breaks_the_reference(variants, tmp_path, monkeypat
     mask_experts(ref, spec, {l: keep for l in spec.moe_layers})
     got = logits(AutoModelForCausalLM.from_pretrained(out).eval(), ids)
     assert (got - logits(ref, ids)).abs().max() > 1e-3
+
+
+def test_build_plan_refuses_an_unbalanced_selection(variants):
+    """A method whose selection ignores groups fails at planning time, naming the layer and counts."""
+    from raymoe.methods import Budget, BudgetError
+    from raymoe.methods.baselines import NoOptions
+    from raymoe.methods.common import build_plan
+
+    stats, _, _, spec, _ = variants("dsv3")
+    budget = Budget.for_spec(spec, 0.5, uniform=True)
+    keep = {l: [0, 1, 2, 3, 8, 9, 10, 11] for l in spec.moe_layers}
+    build_plan("manual", NoOptions(), stats, budget, keep, {})
+    keep[spec.moe_layers[-1]] = [0, 1, 2, 3, 4, 5, 8, 9]
+    with pytest.raises(BudgetError, match=r"manual: layer 3 keeps \[6, 2\] experts per original group \(n_group=2\)"):
+        build_plan("manual", NoOptions(), stats, budget, keep, {})
