@@ -93,7 +93,8 @@ def token_scores(logq, ref: dict) -> dict:
     masked = logq.scatter(-1, top_ids, float("-inf"))
     q_rest = torch.logsumexp(masked, -1).double()  # [T] log q_R
     p_rest = ref["rest_logp"].double()  # [T] log p_R
-    kl = (p_top.exp() * (p_top - q_top)).sum(-1) + p_rest.exp() * (p_rest - q_rest)  # [T]
+    tail = torch.where(torch.isfinite(p_rest), p_rest.exp() * (p_rest - q_rest), 0.0)  # [T] 0 when p_R = 0
+    kl = (p_top.exp() * (p_top - q_top)).sum(-1) + tail  # [T]
     agree = (logq.argmax(-1) == top_ids[:, 0]).double()  # [T]
     ll = logq.gather(-1, ref["targets"].long()[:, None])[:, 0].double()  # [T]
     return {"kld": kl.clamp_min(0.0).numpy(), "agree": agree.numpy(), "ll": ll.numpy()}
