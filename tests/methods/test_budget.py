@@ -126,3 +126,24 @@ def test_group_floor_message_names_the_per_group_need():
     with pytest.raises(BudgetError, match=r"fewer than 8 \(top_k=3; group-limited routing needs 2 per group, "
                                           r"n_group=4\)"):
         Budget.create(0.7, {1: 16, 2: 16}, 3, uniform=True, n_group=4, min_kept=8)
+
+
+def test_deepseek_v2_group_limited_budget_from_spec():
+    """DeepSeek-V2 (160 experts, top-6 over the top-3 of 8 groups): floor 2 per group = 16 per layer."""
+    from raymoe.moe import MoeModelSpec
+
+    cfg = {"model_type": "deepseek_v2", "num_hidden_layers": 4, "first_k_dense_replace": 1, "hidden_size": 8,
+           "moe_intermediate_size": 4, "n_routed_experts": 160, "num_experts_per_tok": 6, "n_group": 8,
+           "topk_group": 3, "topk_method": "group_limited_greedy"}
+    spec = MoeModelSpec.from_config(cfg)
+    b = Budget.for_spec(spec, 0.9, uniform=True)  # 16 of 160: exactly the floor
+    assert b.floor == 16 and b.uniform_counts() == {1: 16, 2: 16, 3: 16}
+    g = Budget.for_spec(spec, 0.8)
+    counts = g.counts_from_scores({l: np.random.default_rng(l).random(160) for l in spec.moe_layers})
+    g.check_counts(counts)
+    assert all(n % 8 == 0 and n >= 16 for n in counts.values())
+    with pytest.raises(BudgetError, match=r"leaves 8 of 160 experts in layer 1, fewer than 16 \(top_k=6; "
+                                          r"group-limited routing needs 2 per group, n_group=8\)"):
+        Budget.for_spec(spec, 0.95, uniform=True)
+    greedy = MoeModelSpec.from_config(cfg | {"topk_method": "greedy"})
+    assert Budget.for_spec(greedy, 0.95, uniform=True).uniform_counts() == {1: 8, 2: 8, 3: 8}
