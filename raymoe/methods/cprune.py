@@ -1,30 +1,43 @@
-"""C-Prune: layer-wise Ward clustering with voting, global cluster pruning, and the merge variant.
+"""C-Prune: layer-wise Ward clustering with voting, the authors' global stage, and the merge variant.
 
 Guo et al., "Cluster-Driven Expert Pruning for Mixture-of-Experts LLMs"
-(arXiv 2504.07807; authors' code Fighoture/MoE_unsupervised_pruning).
-1. Layer-wise clustering. Expert representation phi_e: the expert's outputs on
-   the probe tokens (`outputs`: per voting batch the outputs on the batch's
-   tokens, concatenated; phi_e = their mean over all probe tokens), the
-   calibrated mean output (`mean_output`, one batch) or the flat weights
-   (`weights`). Ward clustering (scipy) into C_l = round(clusters_frac * E_l)
-   clusters. Clusters of size < 3 keep all members; a cluster of size s keeps
-   floor(c(s / E) (1 - r) s) members closest to its centroid (or highest router
-   score), with the size-dependent factor of the authors' code
-   c(p) = 0.5 + 0.6 (e^{1/2 - p} - sigma(2p - 1)). Each batch votes for the
-   members it keeps; the least-voted experts go (ties: lower router share).
-2. Global clustering (`global`). Units are the layer-wise clusters of step 1
-   (on phi); their unit-normalised mean representations are Ward-clustered
-   across all layers into round(global_frac * units) global clusters. In each
-   global cluster only the unit with the largest routing share is not redundant.
-   Unified importance U_e = (votes_e / B) (1 - penalty * redundant(e)); experts
-   are kept by U across layers, each layer keeping at least
-   max(top_k, min((1 - max_layer_ratio) E_l, (1 - r) E_l)) (the cap per layer).
+(arXiv 2504.07807; authors' code Fighoture/MoE_unsupervised_pruning, `pruning_mask.py`).
+Expert representation (`features`): `pooled` (the authors'): f_e(xbar_s^l), the
+expert's output on each calibration sequence's pooled MoE input (mean over its
+tokens, `LayerStats.pooled_inputs`); `outputs`: the outputs on probe tokens;
+`mean_output`: the calibrated mean output (one sample); `weights`: the flat
+weights (one sample). Samples (sequences, probe tokens) are split into `batches`
+consecutive voting batches (the authors: 1000 sequences in batches of 16, about
+60; here min(batches, samples)); batch b's feature of expert e concatenates its
+outputs on the batch's samples, so its Gram matrix is sum_{s in b} F_s F_s^T.
+1. Layer-wise. In every batch, Ward clustering (scipy) of the layer's experts
+   into C_l = round(clusters_frac * E_l) clusters; clusters of size < 3 keep all
+   members, a cluster of size s keeps the floor(c(s / n) (1 - r1) s) members
+   closest to its centroid (or highest router score), n the experts clustered,
+   c(p) = 0.5 + 0.6 (e^{1/2 - p} - sigma(2p - 1)) the authors' size factor; each
+   batch votes for the members it keeps. The least-voted experts go, r1 E_l of them
+   (ties: lower router share).
+2. Global (not `uniform`), as the authors' code: the survivors of every layer are
+   re-clustered together in every batch (Ward, round(global_frac * U) clusters of
+   the U survivors), voted again with the same rule, and the least voted are cut
+   across layers until the budget holds, each layer losing at most max_layer_ratio
+   of its experts (the authors' 0.9; relaxed to the uniform share where the ratio
+   exceeds it). Choices where the authors' code does not carry over: the
+   layer-wise stage removes `layerwise_share` of the removal (r1 = share * r) and
+   the global stage the rest; c(p) takes p relative to the experts being clustered
+   (the authors divide by E_l also in the global stage, where c(p) < 0 for
+   clusters larger than 3.4 E_l and nobody in them gets a vote); the global stage
+   votes over at most `global_batches` batches (default min(batches,
+   floor(2e8 / U^2)): Ward is O(U^2) and costs ~4 s at U = 7424 here); features
+   wider than `global_dim` are sketched per sample by one seeded Gaussian
+   projection shared by all layers (distances kept to about sqrt(2 / global_dim)).
 3. `c-prune-merge`: every removed expert joins the kept expert of its layer-wise
-   cluster it is most similar to (cosine of phi; any kept expert when its
-   cluster kept none). A group (target t, members m) merges with
-   w_m = u_m exp(a_{m,t} / T) / sum_m' u_m' exp(a_{m',t} / T), a the cosine
-   affinity (a_{t,t} = 1), u the routing frequency share (+1e-12); apply_plan combines
-   expert weights and router rows with these w.
+   cluster it is most similar to (cosine of phi; any kept expert when its cluster
+   kept none). A group (target t, members m) merges with w_m = u_m exp(a_{m,t} / T)
+   / sum_m' u_m' exp(a_{m',t} / T), a the cosine affinity (a_{t,t} = 1), u the
+   routing frequency share (+1e-12); apply_plan combines expert weights and router
+   rows with these w. phi_e = mean of e's features over all samples.
+Group-limited routers keep the same count in every original group (`keep_balanced`).
 """
 
 from __future__ import annotations
@@ -38,27 +51,32 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from raymoe.methods.budget import Budget
-from raymoe.methods.common import (MethodConfig, StatsError, build_plan, per_layer_share, probe_subset,
-                                   router_bias, single_thread, top_n)
+from raymoe.methods.common import (MethodConfig, StatsError, build_plan, keep_balanced, per_layer_share,
+                                   probe_subset, router_bias, single_thread)
 from raymoe.moe.routing import RoutingRule, route
 from raymoe.plan.schema import MergeGroup, PrunePlan
 from raymoe.store.schema import CalibStats
 
 __all__ = ["CPrune", "CPruneMerge", "CPruneConfig", "CPruneMergeConfig", "size_factor", "gram", "ward_labels",
-           "merge_groups"]
+           "merge_groups", "vote"]
+
+GLOBAL_PAIRS = 2e8  # default budget of U^2 x global batches (Ward clusterings of all survivors)
 
 
 class CPruneConfig(MethodConfig):
-    features: Literal["auto", "outputs", "mean_output", "weights"] = Field(
-        "auto", description="expert representation (auto: outputs when weights are there, else mean_output)")
+    features: Literal["auto", "pooled", "outputs", "mean_output", "weights"] = Field(
+        "auto", description="expert representation (auto: pooled when weights are there, else mean_output)")
     clusters_frac: float = Field(0.2, gt=0, lt=1, description="layer-wise clusters C_l = frac * E_l")
-    batches: int = Field(4, ge=1, description="voting batches over the probe tokens")
-    max_tokens: int = Field(64, ge=1, description="probe tokens per layer")
+    batches: int = Field(60, ge=1, description="voting batches over the calibration samples")
+    max_tokens: int = Field(64, ge=1, description="probe tokens per layer (features=outputs)")
     rank_by: Literal["centroid", "router"] = Field("centroid", description="order of members inside a cluster")
-    global_frac: float = Field(0.5, gt=0, le=1, description="global clusters as a fraction of layer-wise ones")
-    redundancy_penalty: float = Field(0.5, ge=0, le=1, description="importance cut for redundant clusters")
+    layerwise_share: float = Field(0.5, gt=0, le=1, description="share of the removal done layer-wise (global)")
+    global_frac: float = Field(0.2, gt=0, lt=1, description="global clusters as a fraction of the survivors")
+    global_batches: int | None = Field(None, ge=1, description="voting batches of the global stage "
+                                       "(none: min(batches, 2e8 / survivors^2))")
+    global_dim: int = Field(256, ge=1, description="per-sample feature width of the global stage (sketched)")
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="most a layer may lose (global)")
-    seed: int = Field(0, description="probe-token sampling seed")
+    seed: int = Field(0, description="probe-token sampling and sketch seed")
     progress: bool = Field(False, description="progress bar over layers")
 
 
@@ -67,7 +85,7 @@ class CPruneMergeConfig(CPruneConfig):
 
 
 def size_factor(p: float) -> float:
-    """c(p) for a cluster holding a fraction p of the layer's experts."""
+    """c(p) for a cluster holding a fraction p of the experts clustered."""
     return 0.5 + 0.6 * (math.exp(0.5 - p) - 1.0 / (1.0 + math.exp(1.0 - 2.0 * p)))
 
 
@@ -96,55 +114,55 @@ def ward_labels(g: torch.Tensor, n_clusters: int) -> np.ndarray:
     return labels - 1
 
 
-def _vote(g: torch.Tensor, router: np.ndarray, labels: np.ndarray, ratio: float, rank_by: str) -> np.ndarray:
-    """1 for the members each cluster keeps in this batch, else 0 -> [E] (g: Gram matrix of the batch)."""
-    E = len(labels)
+def vote(g: torch.Tensor, router: np.ndarray, labels: np.ndarray, ratio: float, rank_by: str) -> np.ndarray:
+    """1 for the members each cluster keeps in this batch, else 0 -> [N] (g: Gram matrix of the batch)."""
+    N = len(labels)
     gd = g.numpy()
-    votes = np.zeros(E)
+    votes = np.zeros(N)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if len(members) < 3:
             votes[members] = 1
             continue
-        n = int(size_factor(len(members) / E) * (1 - ratio) * len(members))
+        n = int(size_factor(len(members) / N) * (1 - ratio) * len(members))
         if rank_by == "router":
             order = members[np.lexsort((members, -router[members]))]
         else:  # ||f_i - centroid||^2 = g_ii - 2 mean_j g_ij + mean_jk g_jk
             sub = gd[np.ix_(members, members)]
             d = np.diagonal(sub) - 2 * sub.mean(1) + sub.mean()
             order = members[np.lexsort((members, d))]
-        votes[order[:n]] = 1
+        votes[order[:max(n, 0)]] = 1
     return votes
 
 
-def _representations(stats: CalibStats, weights, layer: int, cfg: CPruneConfig):
-    """(per-batch Gram matrices [E, E], per-batch router shares [E], phi [E, D]).
-
-    For `outputs`, batch b's features are the outputs on its tokens concatenated, so
-    its Gram matrix is sum_{t in b} F_t F_t^T (F_t = [f_e(x_t)]_e, [E, H]).
-    """
+def _features(stats: CalibStats, weights, layer: int, cfg: CPruneConfig):
+    """(features [S, E, D] float32, router probabilities per sample [S, E]) of one layer."""
     s = stats.layers[layer]
-    share = per_layer_share(s.prob_mass)
-    mode = cfg.features if cfg.features != "auto" else ("outputs" if weights is not None else "mean_output")
+    mode = cfg.features if cfg.features != "auto" else ("pooled" if weights is not None else "mean_output")
     if mode != "mean_output" and weights is None:
         raise StatsError(f"c-prune features={mode!r} needs the expert weights")
+    share = torch.as_tensor(per_layer_share(s.prob_mass))[None]  # [1, E]
     if mode == "mean_output":
-        phi = torch.as_tensor(np.asarray(s.mean_output), dtype=torch.float64)  # [E, H]
-        return [gram(phi)], [share], phi
+        return torch.as_tensor(np.asarray(s.mean_output), dtype=torch.float32)[None], share
     if mode == "weights":
-        phi = torch.stack([weights.flat(layer, e).double() for e in range(s.num_experts)])  # [E, P]
-        return [gram(phi)], [share], phi
-    x = probe_subset(stats, layer, cfg.max_tokens, cfg.seed)  # [T, H]
+        return torch.stack([weights.flat(layer, e).float() for e in range(s.num_experts)])[None], share
+    if mode == "pooled":
+        if s.pooled_inputs is None or not len(s.pooled_inputs):
+            raise StatsError(f"layer {layer} has no pooled inputs (calibrate again with this raymoe)")
+        x = torch.as_tensor(np.asarray(s.pooled_inputs), dtype=torch.float32)  # [N, H]
+    else:
+        x = probe_subset(stats, layer, cfg.max_tokens, cfg.seed)  # [T, H]
     with torch.no_grad():
-        outs = weights.outputs(layer, x).float()  # [T, E, H]
-        per_token = torch.bmm(outs, outs.transpose(1, 2)).double()  # [T, E, E]
+        outs = weights.outputs(layer, x).float()  # [S, E, H]
         probs, _, _ = route(RoutingRule.for_spec(weights.spec), x @ weights.router(layer).float().T,
-                            router_bias(weights, layer))  # [T, E]
-    grams, scores = [], []
-    for b in np.array_split(np.arange(len(x)), min(cfg.batches, len(x))):
-        grams.append(per_token[b].sum(0))  # [E, E]
-        scores.append(probs[b].double().mean(0).numpy())
-    return grams, scores, outs.mean(0).double()
+                            router_bias(weights, layer))  # [S, E]
+    return outs, probs.double()
+
+
+def _batch_grams(feats: torch.Tensor, batches: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """Per voting batch, the Gram matrix sum_{s in b} F_s F_s^T [E, E] (float64) and the sample indices."""
+    idx = np.array_split(np.arange(feats.shape[0]), min(batches, feats.shape[0]))
+    return [torch.einsum("sed,sfd->ef", feats[b], feats[b]).double() for b in idx], idx
 
 
 def merge_groups(keep: list[int], labels: np.ndarray, phi: torch.Tensor, usage: np.ndarray,
@@ -178,56 +196,75 @@ def cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
         return _cprune(stats, weights, budget, cfg)
 
 
+def _round_to(x: float, g: int) -> int:
+    return g * int(math.floor(x / g + 0.5))
+
+
 def _cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
-    votes, router, labels, phi = {}, {}, {}, {}
+    g = budget.n_group
+    r1 = budget.ratio if budget.uniform else budget.ratio * cfg.layerwise_share
+    counts1 = budget.uniform_counts() if budget.uniform else {
+        l: min(e, max(budget.floor, e - _round_to(r1 * e, g))) for l, e in budget.experts.items()}
+    votes, router, labels, phi, keep1, sketch = {}, {}, {}, {}, {}, {}
+    proj = None
     for l in tqdm(stats.moe_layers, desc="c-prune: layers", disable=not cfg.progress):
         E = stats.layers[l].num_experts
         C = min(E - 1, max(2, round(cfg.clusters_frac * E)))
-        grams, scores, phi[l] = _representations(stats, weights, l, cfg)  # per batch [E, E], [E]; [E, D]
-        v = sum(_vote(gb, sc, ward_labels(gb, C), budget.ratio, cfg.rank_by) for gb, sc in zip(grams, scores))
-        router[l] = per_layer_share(np.mean(scores, axis=0))
+        feats, probs = _features(stats, weights, l, cfg)  # [S, E, D], [S, E]
+        grams, idx = _batch_grams(feats, cfg.batches)
+        v = sum(vote(gb, probs[b].mean(0).numpy(), ward_labels(gb, C), r1, cfg.rank_by)
+                for gb, b in zip(grams, idx))
+        router[l] = per_layer_share(probs.mean(0).numpy())
         votes[l] = v / len(grams) + 1e-3 * router[l]  # votes decide, router share breaks ties
+        phi[l] = feats.mean(0).double()  # [E, D]
         labels[l] = ward_labels(gram(phi[l]), C)
+        keep1[l] = keep_balanced(votes[l], counts1[l], g)
+        if not budget.uniform:  # survivors' features for the global stage, sketched to global_dim per sample
+            f = feats[:, keep1[l]]  # [S, n1, D]
+            if f.shape[-1] > cfg.global_dim:
+                if proj is None or proj.shape[0] != f.shape[-1]:
+                    gen = torch.Generator().manual_seed(cfg.seed)
+                    proj = torch.randn(f.shape[-1], cfg.global_dim, generator=gen) / math.sqrt(cfg.global_dim)
+                f = f @ proj  # [S, n1, global_dim]
+            sketch[l] = f
     table = {l: {"votes": votes[l], "router_share": router[l], "cluster": labels[l].astype(float)}
              for l in stats.moe_layers}
     if budget.uniform:
-        counts = budget.uniform_counts()
-        return {l: top_n(votes[l], counts[l]) for l in votes}, table, labels, phi
-    # global stage: layer-wise clusters are the units of a cross-layer Ward clustering
-    units, emb, imp = [], [], []
-    for l in stats.moe_layers:
-        unit_phi = torch.nn.functional.normalize(phi[l].double(), dim=1)
-        for c in np.unique(labels[l]):
-            members = np.flatnonzero(labels[l] == c)
-            units.append((l, members))
-            emb.append(unit_phi[members].mean(0))
-            imp.append(router[l][members].sum())
-    if len({e.shape[0] for e in emb}) != 1:
-        raise StatsError("c-prune global stage needs representations of one width in every layer")
-    glabels = ward_labels(gram(torch.stack(emb)), max(1, round(cfg.global_frac * len(units))))
-    unified = {l: votes[l].copy() for l in votes}
-    redundant = {l: np.zeros(len(votes[l])) for l in votes}
-    for g in np.unique(glabels):
-        idx = np.flatnonzero(glabels == g)
-        best = max(idx, key=lambda i: (imp[i], -i))
-        for i in idx:
-            if i != best:
-                l, members = units[i]
-                redundant[l][members] = 1.0
-                unified[l][members] *= 1.0 - cfg.redundancy_penalty
+        return keep1, table, labels, phi
+    return _global(stats, budget, cfg, votes, router, keep1, sketch, table), table, labels, phi
+
+
+def _global(stats, budget: Budget, cfg: CPruneConfig, votes, router, keep1, sketch, table) -> dict[int, list[int]]:
+    """The authors' global stage: re-cluster all survivors per batch, vote, cut the least voted globally."""
+    layers = stats.moe_layers
+    owner = [(l, e) for l in layers for e in keep1[l]]  # unit u -> (layer, expert)
+    U = len(owner)
+    if len({sketch[l].shape[0] for l in layers}) != 1 or len({sketch[l].shape[-1] for l in layers}) != 1:
+        raise StatsError("c-prune global stage needs the same samples and feature width in every layer")
+    feats = torch.cat([sketch[l] for l in layers], dim=1)  # [S, U, D]
+    shares = np.concatenate([router[l][keep1[l]] for l in layers])  # [U]
+    nb = cfg.global_batches or max(1, min(cfg.batches, int(GLOBAL_PAIRS // (U * U))))
+    r2 = max(0.0, 1 - budget.total / U)  # the global stage's removal rate over the survivors
+    C = min(U - 1, max(2, round(cfg.global_frac * U)))
+    grams, idx = _batch_grams(feats, nb)
+    gv = sum(vote(gb, shares, ward_labels(gb, C), r2, cfg.rank_by) for gb in grams) / len(grams)  # [U]
+    unified = {l: np.full(len(votes[l]), -1.0) for l in layers}  # cut layer-wise: never kept again
+    for u, (l, e) in enumerate(owner):
+        unified[l][e] = gv[u] + 1e-3 * router[l][e]
     # the cap per layer, relaxed to the uniform share where the ratio itself exceeds it
     g = budget.n_group
     floors = {l: min(math.ceil((1 - cfg.max_layer_ratio) * e), g * math.floor((1 - budget.ratio) * e / g))
               for l, e in budget.experts.items()}
     counts = budget.counts_from_scores(unified, floors=floors)
-    for l in table:
-        table[l] |= {"unified": unified[l], "redundant": redundant[l]}
-    return {l: top_n(unified[l], counts[l]) for l in unified}, table, labels, phi
+    for l in layers:
+        table[l] |= {"global_votes": unified[l], "layerwise_kept": np.isin(np.arange(len(votes[l])), keep1[l])
+                     .astype(float), "global_batches": np.full(len(votes[l]), float(len(grams)))}
+    return {l: keep_balanced(unified[l], counts[l], g) for l in layers}
 
 
 class CPrune:
     name: ClassVar[str] = "c-prune"
-    summary: ClassVar[str] = "layer-wise Ward clustering with voting, then global cluster pruning (C-Prune)"
+    summary: ClassVar[str] = "layer-wise Ward clustering with voting, then global re-clustering of survivors (C-Prune)"
     weights: ClassVar[str] = "optional"
     Config = CPruneConfig
 

@@ -50,17 +50,85 @@ def test_votes_equal_direct_recomputation(traced, hf_layer):
         assert lp.keep == sorted(order[:len(lp.keep)].tolist())
 
 
-def test_global_stage_caps_and_penalises_redundant_clusters(traced):
+def _constructed(traced, tight_layer_first=True):
+    """2 layers x 8 experts; mean outputs: one layer's experts are near-copies of one vector (redundant),
+    the other's are spread out (distinct)."""
+    import copy
+
+    stats, _, _ = traced("mixtral", layers=2)
+    stats = copy.deepcopy(stats)
+    g = np.random.default_rng(0)
+    a, b = stats.moe_layers
+    tight, spread = (a, b) if tight_layer_first else (b, a)
+    H = stats.layers[a].mean_output_sum.shape[1]
+    base = g.standard_normal(H)
+    feats = {tight: base + 0.01 * g.standard_normal((8, H)), spread: 3 * g.standard_normal((8, H))}
+    for l, f in feats.items():
+        stats.layers[l].mean_output_sum = f * stats.layers[l].probe_tokens
+    return stats, tight, spread
+
+
+def test_global_stage_reclusters_survivors(traced, monkeypatch):
+    """Constructed case: the global stage Ward-clusters the survivors of both layers together and votes
+    again; the layer whose survivors are redundant (one tight global cluster) loses more."""
+    import raymoe.methods.cprune as cp
+
+    for first in (True, False):
+        stats, tight, spread = _constructed(traced, first)
+        calls = []
+        real = cp.ward_labels
+        monkeypatch.setattr(cp, "ward_labels", lambda g, n: calls.append((g.shape[0], n)) or real(g, n))
+        ratio = 0.5
+        plan = make_plan(stats, "c-prune", ratio, options={"global_frac": 0.4, "features": "mean_output"})
+        monkeypatch.setattr(cp, "ward_labels", real)
+        lp = {p.layer: p for p in plan.layers}
+        survivors = {l: np.flatnonzero(lp[l].scores["layerwise_kept"]) for l in lp}
+        assert all(len(s) == 6 for s in survivors.values())  # layer-wise: r1 = 0.25 of 8 removed
+        U = 12
+        assert (U, round(0.4 * U)) in calls  # one clustering of all survivors of both layers
+        # direct recomputation of the global votes: scipy Ward on the survivors' features, the vote rule
+        phi = np.concatenate([stats.layers[l].mean_output[survivors[l]] for l in stats.moe_layers])  # [U, H]
+        labels = fcluster(linkage(phi, method="ward"), t=round(0.4 * U), criterion="maxclust")
+        r2 = 1 - 8 / U
+        ref = np.zeros(U)
+        for c in set(labels):
+            members = np.flatnonzero(labels == c)
+            if len(members) < 3:
+                ref[members] = 1
+                continue
+            n = int(factor(len(members) / U) * (1 - r2) * len(members))
+            dist = np.linalg.norm(phi[members] - phi[members].mean(0), axis=1)
+            ref[members[np.lexsort((members, dist))[:n]]] = 1
+        got = np.concatenate([np.asarray(lp[l].scores["global_votes"])[survivors[l]] for l in stats.moe_layers])
+        np.testing.assert_allclose(np.floor(got + 1e-9), ref)  # votes (+ 1e-3 router share tie-break)
+        for l in lp:  # removed layer-wise stays removed; kept = best global votes
+            assert set(lp[l].keep) <= set(survivors[l].tolist())
+        assert sum(plan.counts().values()) == 8
+        assert len(lp[tight].keep) < len(lp[spread].keep)
+
+
+def test_global_stage_caps_layer_loss(traced):
     stats, weights, _ = traced("mixtral", experts=16, layers=2)
     for ratio, cap, least in ((0.6, 0.5, 6), (0.75, 0.5, 4), (0.25, 0.1, 12)):
         plan = make_plan(stats, "c-prune", ratio, weights=weights, options={"max_layer_ratio": cap})
         assert sum(plan.counts().values()) == round((1 - ratio) * 32)
         for lp in plan.layers:  # at most `cap` removed, relaxed to the uniform share when ratio > cap
             assert len(lp.keep) >= least == min(math.ceil((1 - cap) * 16), math.floor((1 - ratio) * 16))
-            red = np.asarray(lp.scores["redundant"])
-            np.testing.assert_allclose(lp.scores["unified"], np.asarray(lp.scores["votes"]) * (1 - 0.5 * red))
-            order = np.lexsort((np.arange(16), -np.asarray(lp.scores["unified"])))
+            gv = np.asarray(lp.scores["global_votes"])
+            order = np.lexsort((np.arange(16), -gv))
             assert lp.keep == sorted(order[:len(lp.keep)].tolist())
+
+
+def test_votes_over_pooled_sequence_batches(traced):
+    """Default features: outputs on the sequence-pooled inputs, one voting batch per sequence when there
+    are fewer sequences than `batches`."""
+    stats, weights, _ = traced("mixtral", experts=16, layers=2)
+    plan = make_plan(stats, "c-prune", 0.5, uniform=True, weights=weights)
+    assert plan.config["batches"] == 60 and plan.config["features"] == "auto"
+    for lp in plan.layers:
+        votes = np.asarray(lp.scores["votes"])
+        levels = np.unique(np.floor(votes * len(stats.seq_cluster) + 1e-6))
+        assert len(levels) > 3  # 8 batches (sequences) give up to 9 vote levels
 
 
 @pytest.mark.parametrize("uniform", [True, False])
