@@ -230,7 +230,8 @@ def _leiden(edges: list[tuple[str, str, float]], n: int, resolution: float, seed
     return labels
 
 
-def leiden_communities(adj: np.ndarray, target: int, *, seed: int, knn: int, steps: int = 14) -> tuple[np.ndarray, float]:
+def leiden_communities(adj: np.ndarray, target: int, *, seed: int, knn: int,
+                       steps: int = 14) -> tuple[np.ndarray, float]:
     """Leiden partition of a weighted graph with about `target` communities -> (labels [E], resolution)."""
     ei, ew = knn_edges(adj, knn)
     edges = [(str(a), str(b), float(w)) for a, b, w in zip(ei[0], ei[1], ew) if a < b]
