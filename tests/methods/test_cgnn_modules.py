@@ -228,3 +228,21 @@ def test_group_balance_eight_groups():
         for lp in plan.layers:  # per group: representatives first, then importance (keep_balanced's rule)
             labels, imp = np.asarray(lp.scores["community"]), np.asarray(lp.scores["importance"])
             assert lp.keep == select_from_communities(labels, imp, len(lp.keep), 8)
+
+
+@pytest.mark.parametrize("method,option,needle", [
+    ("c-gnn-prune", "gnn=maybe", "error: method 'c-gnn-prune' option 'gnn': Input should be a valid boolean"),
+    ("pathfinder", "communities=false", "error: method 'pathfinder' has no option 'communities'"),
+])
+def test_cli_bad_switch_one_line_nothing_written(traced, tmp_path, capsys, method, option, needle):
+    from raymoe.cli import main
+    from raymoe.store import save_stats
+
+    stats, _, _ = traced("mixtral")
+    store = save_stats(stats, tmp_path / "stats")
+    out = tmp_path / "variant"
+    capsys.readouterr()
+    code = main(["prune", str(store), "--method", method, "--ratio", "0.5", "--option", option, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(needle), err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["stats"]
