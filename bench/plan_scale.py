@@ -13,8 +13,9 @@ in its own subprocess that loads the store and plans; its peak RSS is the
 process's VmHWM (/proc/self/status: per address space, so unlike ru_maxrss it does
 not inherit the parent's footprint across fork/exec) and includes the loaded stats.
 Plan time excludes loading the store and first imports of third-party modules
-(both printed). Targets: <= 60 s and <= 8 GB per method (Pathfinder with m = 100, C-GNN-PRUNE
-including GNN training; NAEE greedy at this scale). Methods needing expert
+(both printed). Targets: <= 60 s and <= 8 GB per method, each with its defaults (Pathfinder's
+diversified path search until the paths cover the budget, C-Prune's votes over 60 batches and
+its global re-clustering, C-GNN-PRUNE including GNN training; NAEE greedy at this scale). Methods needing expert
 weights (naee, c-prune) get the synthetic model's weights view.
 """
 
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_OPTIONS = {"pathfinder": {"top_m": 100}}
+DEFAULT_OPTIONS: dict[str, dict] = {}  # every method with its defaults
 #: third-party modules a method imports on first use (timed apart from planning)
 HEAVY_IMPORTS = {"c-gnn-prune": ["torch_geometric.nn", "graspologic_native"],
                  "c-prune": ["scipy.cluster.hierarchy"], "c-prune-merge": ["scipy.cluster.hierarchy"]}
