@@ -165,6 +165,27 @@ def _batch_grams(feats: torch.Tensor, batches: int) -> tuple[list[torch.Tensor],
     return [torch.einsum("sed,sfd->ef", feats[b], feats[b]).double() for b in idx], idx
 
 
+def _global_features(f: torch.Tensor, nb: int, cfg: CPruneConfig, proj: dict) -> torch.Tensor:
+    """Per global batch b, the concatenation over its samples of f[s] [n, D]; sketched when wider than
+    global_dim: sum_{s in b} f[s] R_s, R_s [D, global_dim] seeded Gaussian / sqrt(global_dim) per sample
+    (= the concatenation times a block Gaussian matrix) -> [B_g, n, D']."""
+    S, n, D = f.shape
+    out = []
+    for b in np.array_split(np.arange(S), min(nb, S)):
+        if len(b) * D <= cfg.global_dim:
+            out.append(f[b].permute(1, 0, 2).reshape(n, len(b) * D))
+            continue
+        acc = torch.zeros(n, cfg.global_dim)
+        for s in b.tolist():
+            if s not in proj:
+                gen = torch.Generator().manual_seed(cfg.seed * 100003 + s)
+                proj[s] = torch.randn(D, cfg.global_dim, generator=gen) / math.sqrt(cfg.global_dim)
+            acc += f[s] @ proj[s]  # [n, global_dim]
+        out.append(acc)
+    width = max(o.shape[1] for o in out)  # raw batches may differ by one sample: zero columns keep distances
+    return torch.stack([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in out])
+
+
 def merge_groups(keep: list[int], labels: np.ndarray, phi: torch.Tensor, usage: np.ndarray,
                  temperature: float) -> tuple[list[MergeGroup], np.ndarray]:
     """Fold removed experts into kept ones; returns (groups, affinity of each expert to its target)."""
@@ -206,7 +227,9 @@ def _cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
     counts1 = budget.uniform_counts() if budget.uniform else {
         l: min(e, max(budget.floor, e - _round_to(r1 * e, g))) for l, e in budget.experts.items()}
     votes, router, labels, phi, keep1, sketch = {}, {}, {}, {}, {}, {}
-    proj = None
+    U = sum(counts1.values())  # survivors entering the global stage
+    nb = cfg.global_batches or max(1, min(cfg.batches, int(GLOBAL_PAIRS // (U * U))))
+    proj: dict[int, torch.Tensor] = {}  # sample -> its sketch matrix [D, global_dim], shared by all layers
     for l in tqdm(stats.moe_layers, desc="c-prune: layers", disable=not cfg.progress):
         E = stats.layers[l].num_experts
         C = min(E - 1, max(2, round(cfg.clusters_frac * E)))
@@ -219,14 +242,8 @@ def _cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
         phi[l] = feats.mean(0).double()  # [E, D]
         labels[l] = ward_labels(gram(phi[l]), C)
         keep1[l] = keep_balanced(votes[l], counts1[l], g)
-        if not budget.uniform:  # survivors' features for the global stage, sketched to global_dim per sample
-            f = feats[:, keep1[l]]  # [S, n1, D]
-            if f.shape[-1] > cfg.global_dim:
-                if proj is None or proj.shape[0] != f.shape[-1]:
-                    gen = torch.Generator().manual_seed(cfg.seed)
-                    proj = torch.randn(f.shape[-1], cfg.global_dim, generator=gen) / math.sqrt(cfg.global_dim)
-                f = f @ proj  # [S, n1, global_dim]
-            sketch[l] = f
+        if not budget.uniform:  # survivors' per-batch features for the global stage
+            sketch[l] = _global_features(feats[:, keep1[l]], nb, cfg, proj)  # [B_g, n1, D']
     table = {l: {"votes": votes[l], "router_share": router[l], "cluster": labels[l].astype(float)}
              for l in stats.moe_layers}
     if budget.uniform:
@@ -241,12 +258,11 @@ def _global(stats, budget: Budget, cfg: CPruneConfig, votes, router, keep1, sket
     U = len(owner)
     if len({sketch[l].shape[0] for l in layers}) != 1 or len({sketch[l].shape[-1] for l in layers}) != 1:
         raise StatsError("c-prune global stage needs the same samples and feature width in every layer")
-    feats = torch.cat([sketch[l] for l in layers], dim=1)  # [S, U, D]
+    feats = torch.cat([sketch[l] for l in layers], dim=1)  # [B_g, U, D']
     shares = np.concatenate([router[l][keep1[l]] for l in layers])  # [U]
-    nb = cfg.global_batches or max(1, min(cfg.batches, int(GLOBAL_PAIRS // (U * U))))
     r2 = max(0.0, 1 - budget.total / U)  # the global stage's removal rate over the survivors
     C = min(U - 1, max(2, round(cfg.global_frac * U)))
-    grams, idx = _batch_grams(feats, nb)
+    grams, _ = _batch_grams(feats, len(feats))  # one Gram [U, U] per global batch
     gv = sum(vote(gb, shares, ward_labels(gb, C), r2, cfg.rank_by) for gb in grams) / len(grams)  # [U]
     unified = {l: np.full(len(votes[l]), -1.0) for l in layers}  # cut layer-wise: never kept again
     for u, (l, e) in enumerate(owner):
