@@ -28,6 +28,13 @@ costs O(k^2) per token whatever the hidden size. Greedy rounds score
 sets whose size is not a multiple of n_group without the group limit (an
 approximation used only for ranking; exhaustive search is exact).
 `global`: n_l from each layer's single-removal losses, as shares ranked across layers.
+
+Probe budget: NAEE searches on `max_tokens` = 64 probe tokens per layer (a seeded sample of the
+calibration's probe inputs; calibration now records at least 64 routed probe hits per expert, so
+there are more). Its cost grows about linearly with the tokens (21-31 s at DeepSeek-V3 scale on
+64 tokens, bench/plan_scale.py), so the default stays 64 to keep NAEE within the 60 s planning
+target there; at that scale 64 tokens give 64 x 8 / 256 = 2 routed hits per expert, which is why
+the leave-one-out node weights of Pathfinder read the full calibration probe set instead.
 """
 
 from __future__ import annotations
