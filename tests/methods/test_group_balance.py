@@ -31,10 +31,9 @@ MODELS = {
                                          experts=16), 0.25),
 }
 
-# Methods whose selection does not yet honour group balance (owned elsewhere; see issue 11):
-# name -> reason. strict: the test fails once they are fixed, so the mark gets removed.
-_SELECT = "selection is not yet group-balanced (its module is being changed to call common.keep_balanced)"
-PENDING: dict[str, str] = {"pathfinder": _SELECT}
+# Methods whose selection does not yet honour group balance: name -> reason (xfail, strict, so a
+# fixed method fails the mark and it gets removed). Every registered method is balanced today.
+PENDING: dict[str, str] = {}
 
 
 def per_group(keep: list[int], experts: int, n_group: int) -> list[int]:
