@@ -13,9 +13,14 @@ scored items (documents, or multiple-choice questions):
 
 Items are the unit of resampling, so tokens of one document (correlated) are
 never treated as independent. Standard errors come from a seeded bootstrap over
-items (B resamples, with replacement); paired differences of two variants
-scored on the same items resample the same item indices for both, so their
-shared per-item difficulty cancels. Intervals are normal-approximation
+items (B resamples, with replacement) of the ratio x = sum num / sum den,
+carried through f by the delta method, se(f(x)) = |f'(x)| se(x): a bootstrap
+in the exp domain is dominated by the few resamples that repeat an outlying
+document (wiki articles of 2 words have per-word perplexities of e^20), the
+delta method is what llama.cpp's perplexity tool reports too. Paired
+differences of two variants scored on the same items resample the same item
+indices for both, so their shared per-item difficulty cancels; the difference
+f(x_a) - f(x_b) is linearised the same way. Intervals are normal-approximation
 intervals value +- z * se; for m simultaneous comparisons z is Bonferroni's
 z_{1 - alpha / (2m)}.
 """
@@ -28,7 +33,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["TRANSFORMS", "ItemScores", "ratio_value", "bootstrap_se", "paired_difference", "z_value",
+__all__ = ["TRANSFORMS", "SLOPES", "ItemScores", "ratio_value", "bootstrap_se", "paired_difference", "z_value",
            "bootstrap_stat_se"]
 
 #: transform name -> f applied to sum(num) / sum(den) (vectorised over numpy arrays)
@@ -36,6 +41,12 @@ TRANSFORMS = {
     "mean": lambda x: x,
     "exp_neg": lambda x: np.exp(-x),
     "neg_log2": lambda x: -x / math.log(2.0),
+}
+#: f' of each transform
+SLOPES = {
+    "mean": lambda x: 1.0,
+    "exp_neg": lambda x: -math.exp(-x),
+    "neg_log2": lambda x: -1.0 / math.log(2.0),
 }
 
 
@@ -71,13 +82,13 @@ def _resamples(n: int, iters: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_se(num, den, transform: str = "mean", *, iters: int = 1000, seed: int = 0) -> float:
-    """Bootstrap standard error of f(sum num / sum den) over items (0 for a single item)."""
+    """Standard error of f(sum num / sum den): bootstrap over items of the ratio, delta method through f."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     if num.size < 2:
         return 0.0
     idx = _resamples(num.size, iters, seed)
-    est = TRANSFORMS[transform](num[idx].sum(1) / den[idx].sum(1))  # [B]
-    return float(np.std(est, ddof=1))
+    est = num[idx].sum(1) / den[idx].sum(1)  # [B]
+    return float(abs(SLOPES[transform](num.sum() / den.sum())) * np.std(est, ddof=1))
 
 
 def bootstrap_stat_se(groups: list[np.ndarray], stat, *, iters: int = 1000, seed: int = 0) -> float:
@@ -100,12 +111,13 @@ def paired_difference(a: ItemScores, b: ItemScores, *, iters: int = 1000, seed: 
     if n == 0:
         raise ValueError("the two variants share no scored items")
     an, ad, bn, bd = a.num[ia], a.den[ia], b.num[ib], b.den[ib]
-    f = TRANSFORMS[a.transform]
-    diff = float(f(an.sum() / ad.sum()) - f(bn.sum() / bd.sum()))
+    f, slope = TRANSFORMS[a.transform], SLOPES[a.transform]
+    xa, xb = an.sum() / ad.sum(), bn.sum() / bd.sum()
+    diff = float(f(xa) - f(xb))
     if n < 2:
         return diff, 0.0, n
     idx = _resamples(n, iters, seed)
-    est = f(an[idx].sum(1) / ad[idx].sum(1)) - f(bn[idx].sum(1) / bd[idx].sum(1))  # [B]
+    est = slope(xa) * (an[idx].sum(1) / ad[idx].sum(1)) - slope(xb) * (bn[idx].sum(1) / bd[idx].sum(1))  # [B]
     return diff, float(np.std(est, ddof=1)), n
 
 

@@ -70,3 +70,13 @@ def test_paired_difference_uses_common_items_only():
 def test_bonferroni_z():
     assert z_value(1) == pytest.approx(1.959964, abs=1e-5)
     assert z_value(5) == pytest.approx(2.575829, abs=1e-5)  # 1 - 0.05 / 10
+
+
+def test_perplexity_se_is_the_delta_method_of_the_log_domain_se():
+    """ppl = exp(-x): se(ppl) = ppl * se(x), robust to documents of two words with huge per-word loss."""
+    num = np.array([-7.0 * 30, -4.9 * 170, -21.8 * 2, -19.9 * 3, -32.2 * 2, -6.9 * 196])
+    den = np.array([30.0, 170.0, 2.0, 3.0, 2.0, 196.0])
+    se_x = bootstrap_se(num, den, "mean", seed=3)
+    ppl = ratio_value(num, den, "exp_neg")
+    assert bootstrap_se(num, den, "exp_neg", seed=3) == pytest.approx(ppl * se_x)
+    assert bootstrap_se(num, den, "neg_log2", seed=3) == pytest.approx(se_x / math.log(2))
