@@ -72,6 +72,9 @@ class PathfinderConfig(MethodConfig):
     temperature: float = Field(1.0, gt=0, description="softmax temperature on standardised LOO loss")
     eps: float = Field(1e-9, gt=0, description="added before every log")
     progress: bool = Field(False, description="progress bar over search rounds")
+    # ablation switches (each turns one module of the paper off)
+    clusters: bool = Field(True, description="per-cluster graphs (off: one graph from every calibration token)")
+    paths: bool = Field(True, description="path search decides (off: node weights alone rank the experts)")
 
 
 def node_log_weights(stats: CalibStats, tau: float, eps: float) -> dict[int, np.ndarray]:
@@ -156,13 +159,14 @@ def top_paths(node_logw: list[np.ndarray], edge_logw: list[np.ndarray], m: int) 
     return val.numpy(), paths.numpy()
 
 
-def edge_log_weights(stats: CalibStats, mode: str, eps: float) -> list[list[np.ndarray]]:
-    """Per cluster, log edge weights log(w_c + eps) of every transition between consecutive MoE layers."""
+def edge_log_weights(stats: CalibStats, mode: str, eps: float, *, by_cluster: bool = True) -> list[list[np.ndarray]]:
+    """Per cluster, log edge weights log(w_c + eps) of every transition between consecutive MoE layers
+    (`by_cluster=False`: one graph over all calibration tokens)."""
     name = EDGES[mode]
     per_layer = []
     for l in stats.moe_layers[:-1]:
         s = stats.layers[l]
-        m = getattr(s, name + "_by_cluster")
+        m = getattr(s, name + "_by_cluster") if by_cluster else None
         if m is None:
             if getattr(s, name) is None:
                 raise StatsError(f"layer {l} has no transition intensities {name!r} (pathfinder edges={mode!r} "
@@ -273,8 +277,11 @@ class Pathfinder:
 
     def plan(self, stats: CalibStats, weights, budget: Budget, config: PathfinderConfig) -> PrunePlan:
         nodes = node_log_weights(stats, config.temperature, config.eps)
-        edges = edge_log_weights(stats, config.edges, config.eps)
-        freq, rounds = search_paths(nodes, edges, budget, config)
+        if config.paths:
+            edges = edge_log_weights(stats, config.edges, config.eps, by_cluster=config.clusters)
+            freq, rounds = search_paths(nodes, edges, budget, config)
+        else:  # ablation: no path search, the node weights alone rank the experts
+            freq, rounds = {l: np.zeros(len(nodes[l])) for l in nodes}, 0
         priority = _priority(freq, nodes)
         keep = _select(priority, budget)
         scores = {l: {"path_freq": freq[l], "node_logw": nodes[l], "priority": priority[l],

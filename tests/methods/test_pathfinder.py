@@ -205,3 +205,15 @@ def test_bad_option_and_missing_transitions(traced):
             for l, s in stats.layers.items()}
     with pytest.raises(StatsError, match="transition intensities"):
         make_plan(CalibStats(stats.manifest, bare, stats.num_clusters), "pathfinder", 0.5)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_ablation_switches(synthetic64, uniform):
+    """paths=false is exactly the node-weight-only plan; clusters=false pools the clusters into one graph."""
+    plan = make_plan(synthetic64, "pathfinder", 0.5, uniform=uniform, options={"paths": False})
+    want = node_weight_plan(synthetic64, 0.5, uniform)
+    assert {lp.layer: lp.keep for lp in plan.layers} == want
+    full = make_plan(synthetic64, "pathfinder", 0.5, uniform=uniform)
+    pooled = make_plan(synthetic64, "pathfinder", 0.5, uniform=uniform, options={"clusters": False})
+    assert sum(len(lp.keep) for lp in pooled.layers) == sum(len(lp.keep) for lp in full.layers)
+    assert {lp.layer: lp.keep for lp in pooled.layers} != {lp.layer: lp.keep for lp in full.layers}
