@@ -42,8 +42,9 @@ def plot_metrics(prim: pl.DataFrame, out: Path, tasks: list[str], lower_better) 
             for (s,), g in sorted(m.group_by(["sparsity"]), key=lambda kv: kv[0][0]):
                 mean, se = group_interval(g["value"].to_numpy(), g["stderr"].fill_null(0.0).to_numpy())
                 xs.append(s), ys.append(mean), errs.append(Z95 * se)
-            ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[i % len(MARKERS)], mfc="none", ms=7, capsize=3,
-                        label=method)
+            dodge = 0.006 * (i - (len(methods) - 1) / 2)  # side by side, so overlapping intervals stay readable
+            ax.errorbar([x + dodge for x in xs], ys, yerr=errs, marker=MARKERS[i % len(MARKERS)], mfc="none", ms=7,
+                        capsize=3, label=method)
         b = base.filter(pl.col("task") == task)
         if b.height:
             v, se = b["value"][0], b["stderr"][0] or 0.0
