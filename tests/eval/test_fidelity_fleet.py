@@ -28,7 +28,7 @@ def test_eval_kld_against_the_reference(ray_local, eval_models, tmp_path, capsys
     df = pl.read_parquet(tmp_path / "r1" / "results.parquet")
     base, mixed = _values(df, "base"), _values(df, "mixed")
     assert base["kld_mean"] == pytest.approx(0.0, abs=1e-6) and base["top1_agree"] == 1.0
-    assert mixed["kld_mean"] > 1e-5 and mixed["top1_agree"] <= 1.0
+    assert mixed["kld_mean"] > 1e-7 and mixed["top1_agree"] <= 1.0
     assert all(math.isfinite(x) for x in df["stderr"].to_list())  # every row, perplexities included
     assert set(df.filter(pl.col("metric") == "kld_mean")["reference"]) == {str(m["base"].resolve())}
     assert df.filter(pl.col("variant") == "mixed")["params_routed"][0] < df.filter(

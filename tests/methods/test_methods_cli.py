@@ -31,7 +31,7 @@ def test_methods_lists_options_and_defaults(capsys):
     assert code == 0
     for name in METHODS:
         assert f"\n{name}  (weights:" in "\n" + out
-    assert "--option top_m=None" in out and "--option epochs=100" in out
+    assert "--option top_m=1" in out and "--option paths=True" in out and "--option epochs=100" in out
     code, out, _ = run_cli(capsys, "methods", "naee", "--json")
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["naee"] and {o["name"] for o in rows[0]["options"]} >= {"max_subsets"}

@@ -52,7 +52,7 @@ def test_describe_lists_every_method_with_defaults():
     rows = {m["name"]: m for m in describe_methods()}
     assert set(rows) == set(METHODS)
     opts = {o["name"]: o["default"] for o in rows["pathfinder"]["options"]}
-    assert opts["top_m"] is None and opts["temperature"] == 1.0
+    assert opts["top_m"] == 1 and opts["paths"] is True and opts["temperature"] == 1.0
     assert rows["naee"]["weights"] == "required" and rows["reap"]["options"] == []
 
 
