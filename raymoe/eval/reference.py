@@ -10,6 +10,8 @@ window settings, K), written atomically, never pickled:
   tokens [N, W] int32 (zero-padded), lengths [N], docs [N]     the windows
   top_logp [P, K] float32, top_ids [P, K] int32                the reference's top-K log-probabilities
   rest_logp [P] float32                                        log of the mass outside the top K
+  tail_ids [P, S] int32, tail_logp [P, S] float32              S tokens drawn from p restricted to the tail
+                                                               (seeded), with the reference's log p there
   targets [P] int32                                            the next tokens
 with P = sum over windows of (length - 1), positions in window order. The
 metadata records the tokenizer's vocabulary hash, so a variant with another
@@ -31,7 +33,8 @@ from raymoe.eval.fidelity import FidelityError, corpus_documents, token_scores
 __all__ = ["WindowSpec", "CACHE_VERSION", "reference_file", "tokenizer_sha", "build_reference", "load_reference",
            "score_windows", "check_reference"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_PER_POSITION = ("top_logp", "top_ids", "rest_logp", "targets", "tail_ids", "tail_logp")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class WindowSpec:
     window: int = 256  # tokens per window (capped by the model's positions)
     windows_per_doc: int = 2
     top_k: int = 32  # reference log-probabilities kept per position
+    tail_samples: int = 64  # tokens sampled from the reference's tail per position (unbiased tail KL)
+    seed: int = 0  # tail sampling
     batch: int = 4  # windows per forward pass
 
     def key(self) -> dict:
@@ -115,19 +120,25 @@ def build_reference(model, tokenizer, spec: WindowSpec, out: Path, *, progress: 
     for i, (_, ids) in enumerate(windows):
         tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
     parts: dict[int, tuple] = {}
+    gen = torch.Generator().manual_seed(spec.seed)
     for batch in tqdm(_batches(lengths, spec.batch), desc=f"reference kld:{spec.corpus}", disable=not progress):
         logp = _log_probs(model, tokens[batch, : lengths[batch[0]]].long())  # [B, T, V]
         top = logp.topk(spec.top_k, dim=-1)  # [B, T, K]
-        rest = torch.logsumexp(logp.scatter(-1, top.indices, float("-inf")), -1)  # [B, T]
+        tail = logp.scatter(-1, top.indices, float("-inf"))  # [B, T, V] log p outside the top K
+        rest = torch.logsumexp(tail, -1)  # [B, T]
         for j, i in enumerate(batch):
-            parts[i] = (top.values[j], top.indices[j].int(), rest[j], tokens[i, 1: lengths[i]])
+            draw = _tail_draws(tail[j], rest[j], spec.tail_samples, gen)  # [T, S]
+            parts[i] = (top.values[j], top.indices[j].int(), rest[j], tokens[i, 1: lengths[i]], draw.int(),
+                        tail[j].gather(-1, draw))
     order = range(len(windows))
     tensors = {"tokens": tokens, "lengths": torch.tensor(lengths, dtype=torch.int64),
                "docs": torch.tensor([d for d, _ in windows], dtype=torch.int64),
                "top_logp": torch.cat([parts[i][0] for i in order]).contiguous(),
                "top_ids": torch.cat([parts[i][1] for i in order]).contiguous(),
                "rest_logp": torch.cat([parts[i][2] for i in order]).contiguous(),
-               "targets": torch.cat([parts[i][3] for i in order]).contiguous()}
+               "targets": torch.cat([parts[i][3] for i in order]).contiguous(),
+               "tail_ids": torch.cat([parts[i][4] for i in order]).contiguous(),
+               "tail_logp": torch.cat([parts[i][5] for i in order]).contiguous()}
     meta = {"spec": json.dumps(spec.key()), "tokenizer_sha": tokenizer_sha(tokenizer),
             "vocab": str(int(model.config.vocab_size)), "version": str(CACHE_VERSION)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +146,22 @@ def build_reference(model, tokenizer, spec: WindowSpec, out: Path, *, progress: 
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, out)
     return out
+
+
+def _tail_draws(tail_logp, rest_logp, samples: int, gen) -> "torch.Tensor":  # noqa: F821
+    """S tokens per position drawn from p restricted to the tail (p / p_R outside the top K) [T, S].
+
+    A position whose tail has no mass (K = V) draws token 0 with log p = -inf: token_scores ignores it."""
+    import torch
+
+    if samples == 0:
+        return torch.zeros((tail_logp.shape[0], 0), dtype=torch.long)
+    probs = (tail_logp - rest_logp[:, None]).exp()  # [T, V]
+    empty = ~torch.isfinite(rest_logp)  # [T]
+    probs[empty] = 1.0
+    draw = torch.multinomial(probs, samples, replacement=True, generator=gen)  # [T, S]
+    draw[empty] = 0
+    return draw
 
 
 def load_reference(path: Path) -> tuple[dict, dict]:
@@ -157,7 +184,7 @@ def score_windows(model, tokenizer, ref: dict, meta: dict, *, batch: int = 4, na
         logq = _log_probs(model, ref["tokens"][b, : lengths[b[0]]].long())  # [B, T, V]
         for j, i in enumerate(b):
             sl = slice(int(starts[i]), int(starts[i + 1]))
-            scores[i] = token_scores(logq[j], {k: ref[k][sl] for k in ("top_logp", "top_ids", "rest_logp", "targets")})
+            scores[i] = token_scores(logq[j], {k: ref[k][sl] for k in _PER_POSITION})
     for i in range(len(lengths)):  # window order, so a document's positions stay in order
         d = per_doc.setdefault(int(ref["docs"][i]), {"kld": [], "agree": [], "ll": []})
         for key in d:

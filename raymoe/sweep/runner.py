@@ -153,11 +153,15 @@ def _produce(sw: _Sweep, stats_dir: Path, stats_id: str, grid: list[SweepVariant
 
 def _evaluate(sw: _Sweep, fleet, variant, tasks, vparams: dict) -> list[str]:
     """Score `variant` on the tasks not yet recorded; return the eval step ids of all its tasks."""
+    from raymoe.eval.fidelity import is_fidelity
+    from raymoe.eval.reference import CACHE_VERSION as FIDELITY_VERSION
     from raymoe.eval.results import write_results
 
     pending, ids = [], []
     for t in tasks:
         params = vparams | {"task": t.name, "limit": t.limit, "backend": sw.spec.eval.backend}
+        if is_fidelity(t.name):  # a new fidelity estimator is a new step
+            params["fidelity_version"] = FIDELITY_VERSION
         ids.append(step_id("eval", params))
         if sw.log.done(ids[-1]) is None:
             pending.append((t, params))
