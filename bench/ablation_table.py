@@ -46,7 +46,8 @@ def main() -> int:
             if u == v:
                 cells += ["", ""]
             else:
-                sc = [ItemScores.of(x["items"], x["item_num"], x["item_den"], x["transform"]) for x in (k, rows[(v, "kld_mean")])]
+                sc = [ItemScores.of(x["items"], x["item_num"], x["item_den"], x["transform"])
+                      for x in (k, rows[(v, "kld_mean")])]
                 d, se, _ = paired_difference(*sc)
                 lo, hi = d - z * se, d + z * se
                 verdict = "tie" if lo <= 0 <= hi else ("helps" if lo > 0 else "hurts")

@@ -100,7 +100,8 @@ def token_scores(logq, ref: dict) -> dict:
     has_tail = torch.isfinite(p_rest)  # [T] False when the top K hold all the mass
     grouped = torch.where(has_tail, p_rest.exp() * (p_rest - q_rest), 0.0)  # [T] p_R log(p_R / q_R)
     kl = (p_top.exp() * (p_top - q_top)).sum(-1) + grouped  # [T] KL_K, a lower bound
-    if "tail_ids" in ref and ref["tail_ids"].shape[-1] > 0:  # + p_R KL(p|R || q|R), estimated from tokens drawn from p|R (unbiased)
+    if "tail_ids" in ref and ref["tail_ids"].shape[-1] > 0:
+        # + p_R KL(p|R || q|R), estimated without bias from tokens drawn from p|R
         lp = ref["tail_logp"].double() - p_rest[:, None]  # [T, S] log p|R
         lq = logq.gather(-1, ref["tail_ids"].long()).double() - q_rest[:, None]  # [T, S] log q|R
         inner = torch.where(has_tail[:, None], lp - lq, 0.0).mean(-1)  # [T]

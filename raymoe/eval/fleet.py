@@ -75,6 +75,7 @@ class EvalFleet:
         self.deaths = 0
         self._next_id = 0
         self.started = False
+        self.worker_starts = 0  # workers started over the fleet's life (replacements included; never reset)
 
     # ---- pool ------------------------------------------------------------------------------
     def __enter__(self) -> "EvalFleet":
@@ -108,6 +109,7 @@ class EvalFleet:
             ray.kill(handle)
             raise BackendError(f"worker {wid} ({self.opts.backend}) failed to start: {_cause(err)}") from None
         self.workers[wid] = handle
+        self.worker_starts += 1
         return wid
 
     def shutdown(self) -> None:

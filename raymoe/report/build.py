@@ -81,7 +81,8 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
     tasks = task_order(list(metric_of), metric_of, lower_better)
     plot_metrics(prim, out / "accuracy_vs_sparsity.png", tasks, lower_better)
     plot_kept(df, out / "kept_experts.png")
-    heat = stats_dir is not None and Path(stats_dir).is_dir() and plot_heatmap(Path(stats_dir), out / "importance_heatmap.png")
+    heat = (stats_dir is not None and Path(stats_dir).is_dir()
+            and plot_heatmap(Path(stats_dir), out / "importance_heatmap.png"))
     run = df["run"][0]
     missing_se = df.filter(pl.col("stderr").is_null() | ~pl.col("stderr").is_finite()).height
     md = [f"# raymoe report: {run}", "",

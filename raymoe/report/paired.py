@@ -49,7 +49,7 @@ def paired_table(prim: pl.DataFrame, lower_better, *, alpha: float = 0.05, seed:
 def paired_markdown(table: list[dict]) -> str:
     if not table:
         return "No task had two or more pruned variants at one ratio with per-item scores to pair."
-    lines = ["| task | ratio | variant | best | difference | interval | items | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | ratio | variant | best | difference | interval | items | verdict |", "|---" * 8 + "|"]
     for r in table:
         lines.append(f"| {r['task']} ({r['metric']}) | {r['ratio']:g} | {r['variant']} | {r['best']} | "
                      f"{r['diff']:+.4g} | [{r['lo']:+.3g}, {r['hi']:+.3g}] | {r['n']} | {r['verdict']} |")

@@ -242,5 +242,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     rows = pl.concat(frames).to_dicts() if frames else []
     write_results(sw.run_dir / "results.parquet", rows, overwrite=True)
     build_report(sw.run_dir, stats_dir)
-    atomic_write_json(sw.run_dir / "steps.json", {"executed": sw.redone, "eval_workers_started": fleet.started})
+    atomic_write_json(sw.run_dir / "steps.json", {"executed": sw.redone,
+                                                  "eval_workers_started": fleet.worker_starts > 0,
+                                                  "eval_worker_starts": fleet.worker_starts})
     return sw.run_dir

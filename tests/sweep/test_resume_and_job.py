@@ -81,8 +81,10 @@ def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
     resumed = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     run_dir = tmp_path / "runs" / "killed"
-    executed = set(json.loads((run_dir / "steps.json").read_text())["executed"])
+    record = json.loads((run_dir / "steps.json").read_text())
+    executed = set(record["executed"])
     assert executed and not executed & set(before), "a finished step was redone"
+    assert record["eval_workers_started"] is True and record["eval_worker_starts"] >= 1  # it scored the rest
     after = records(run_dir)
     assert all(after[k] == t for k, t in before.items()), "a finished step's record was rewritten"
     assert sum(k.startswith("eval-") for k in after) == 8  # (3 variants + unpruned) x 2 tasks
@@ -90,7 +92,8 @@ def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
 
     again = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")  # finished: nothing to do, no eval workers
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((run_dir / "steps.json").read_text()) == {"executed": [], "eval_workers_started": False}
+    assert json.loads((run_dir / "steps.json").read_text()) == {"executed": [], "eval_workers_started": False,
+                                                                 "eval_worker_starts": 0}
     assert values(run_dir) == values(tmp_path / "runs" / "full")
 
 
