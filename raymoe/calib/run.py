@@ -11,8 +11,6 @@ reduction into `CalibStats` with its manifest.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import math
 import os
 import time
@@ -31,20 +29,11 @@ from raymoe.calib.reduce import Totals
 from raymoe.calib.shard import CalibrationError, StageRange, plan_stages
 from raymoe.data.text import CalibData, calibration_data
 from raymoe.errors import CheckpointError
-from raymoe.moe.safetensors_files import SafetensorsCheckpoint
+from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
 from raymoe.moe.spec import MoeModelSpec
 from raymoe.store.schema import CalibStats
 
 __all__ = ["calibrate", "prepare", "model_hash", "load_tokenizer", "Prepared"]
-
-
-def model_hash(path: str | Path, ckpt: SafetensorsCheckpoint) -> str:
-    """SHA-256 of config.json and every tensor's name, dtype, shape and byte range (not the bytes)."""
-    h = hashlib.sha256((Path(path) / "config.json").read_bytes())
-    for name in sorted(ckpt.infos):
-        i = ckpt.infos[name]
-        h.update(json.dumps([name, i.dtype, list(i.shape), i.file.name, i.start, i.end]).encode())
-    return h.hexdigest()
 
 
 def load_tokenizer(path: str | Path):

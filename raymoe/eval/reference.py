@@ -56,19 +56,11 @@ class WindowSpec:
         return d
 
 
-def _layout_sha(path: Path) -> str:
-    from raymoe.moe.safetensors_files import SafetensorsCheckpoint
-
-    ckpt = SafetensorsCheckpoint(path)
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for name in sorted(ckpt.infos):
-        i = ckpt.infos[name]
-        h.update(json.dumps([name, i.dtype, list(i.shape), i.file.name, i.start, i.end]).encode())
-    return h.hexdigest()
-
-
 def reference_file(reference: str | Path, spec: WindowSpec, cache_dir: str | Path) -> Path:
-    key = json.dumps({"model": _layout_sha(Path(reference)), **spec.key(), "v": CACHE_VERSION}, sort_keys=True)
+    from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
+
+    layout = model_hash(reference, SafetensorsCheckpoint(reference))
+    key = json.dumps({"model": layout, **spec.key(), "v": CACHE_VERSION}, sort_keys=True)
     return Path(cache_dir) / f"kld-{spec.corpus}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 

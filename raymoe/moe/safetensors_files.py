@@ -7,6 +7,7 @@ layers it owns.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from raymoe.errors import CheckpointError
 
-__all__ = ["SafetensorsCheckpoint", "TensorInfo", "INDEX_FILE", "SINGLE_FILE", "DTYPE_SIZES", "TORCH_DTYPES"]
+__all__ = ["SafetensorsCheckpoint", "TensorInfo", "model_hash", "INDEX_FILE", "SINGLE_FILE", "DTYPE_SIZES", "TORCH_DTYPES"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -130,3 +131,12 @@ class SafetensorsCheckpoint:
     @property
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.infos.values())
+
+
+def model_hash(path: str | Path, ckpt: SafetensorsCheckpoint) -> str:
+    """SHA-256 of config.json and every tensor's name, dtype, shape and byte range (not the bytes)."""
+    h = hashlib.sha256((Path(path) / "config.json").read_bytes())
+    for name in sorted(ckpt.infos):
+        i = ckpt.infos[name]
+        h.update(json.dumps([name, i.dtype, list(i.shape), i.file.name, i.start, i.end]).encode())
+    return h.hexdigest()
