@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,10 +81,9 @@ class Eval:
 
         from raymoe.eval.backends import check_backend
         from raymoe.eval.fleet import EvalFleet
+        from raymoe.eval.reference import check_reference, default_cache_dir
         from raymoe.eval.results import write_results
         from raymoe.eval.variants import parse_variants
-
-        from raymoe.eval.reference import check_reference
 
         variants = parse_variants(args.variants)
         check_backend(opts.backend, opts.engine, [v.path for v in variants])
@@ -93,8 +91,8 @@ class Eval:
             if args.reference is None:
                 raise RaymoeError("fidelity tasks (kld:<corpus>) need --reference MODEL (e.g. the unpruned checkpoint)")
             check_reference(args.reference, [v.path for v in variants])  # exists, same vocabulary
-            cache = args.kld_cache or Path(os.environ.get("RAYMOE_CACHE", Path.home() / ".cache" / "raymoe")) / "kld"
-            tasks = [replace(t, reference=str(args.reference.resolve()), cache_dir=str(Path(cache).resolve()))
+            cache = (args.kld_cache or default_cache_dir()).resolve()
+            tasks = [replace(t, reference=str(args.reference.resolve()), cache_dir=str(cache))
                      if kinds[t.name] == "fidelity" else t for t in tasks]
         run_id = args.run or args.out.resolve().name
         out = args.out / "results.parquet"

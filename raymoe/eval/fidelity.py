@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from raymoe.errors import RaymoeError
-from raymoe.eval.uncertainty import bootstrap_se, bootstrap_stat_se
+from raymoe.eval.uncertainty import bootstrap_se, bootstrap_stat_se, ratio_value
 
 __all__ = ["FIDELITY_PREFIX", "KLD_CORPORA", "FidelityError", "is_fidelity", "fidelity_corpus", "corpus_documents",
            "token_scores", "fidelity_rows", "full_kl"]
@@ -68,14 +68,14 @@ def corpus_documents(corpus: str) -> list[str]:
     """The documents of a fidelity corpus, in file order."""
     from raymoe.data import named_corpus_path
     from raymoe.data.splits import wiki_articles
+    from raymoe.eval.corpora import split_lines
 
     if corpus in ("wiki_heldout", "wiki_calib"):
         return list(wiki_articles(corpus.split("_", 1)[1]))  # "calib" | "heldout"
     if corpus == "wiki":
         return list(wiki_articles("calib") + wiki_articles("heldout"))
     if corpus == "c4":
-        text = named_corpus_path("c4").read_text(encoding="utf-8")
-        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return split_lines(named_corpus_path("c4").read_text(encoding="utf-8"))
     raise FidelityError(f"unknown KL corpus {corpus!r}")
 
 
@@ -123,8 +123,7 @@ def fidelity_rows(task: str, per_doc: dict[int, dict], *, iters: int = 1000, see
 
     def ratio_row(metric, key, transform):
         num = sums[key]
-        f = {"mean": lambda x: x, "exp_neg": lambda x: np.exp(-x)}[transform]
-        return {"task": task, "metric": metric, "value": float(f(num.sum() / n_tok.sum())),
+        return {"task": task, "metric": metric, "value": ratio_value(num, n_tok, transform),
                 "stderr": bootstrap_se(num, n_tok, transform, iters=iters, seed=seed), "n": n,
                 "items": docs, "item_num": num.tolist(), "item_den": n_tok.tolist(), "transform": transform}
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from raymoe.eval.fidelity import FidelityError, corpus_documents, token_scores
 
-__all__ = ["WindowSpec", "CACHE_VERSION", "reference_file", "tokenizer_sha", "build_reference", "load_reference",
+__all__ = ["WindowSpec", "CACHE_VERSION", "default_cache_dir", "reference_file", "tokenizer_sha", "build_reference", "load_reference",
            "score_windows", "check_reference"]
 
 CACHE_VERSION = 2
@@ -54,6 +54,12 @@ class WindowSpec:
         d = asdict(self)
         d.pop("batch")
         return d
+
+
+def default_cache_dir() -> Path:
+    """Where reference distributions are cached when no directory is given: $RAYMOE_CACHE/kld or
+    ~/.cache/raymoe/kld."""
+    return Path(os.environ.get("RAYMOE_CACHE", Path.home() / ".cache" / "raymoe")) / "kld"
 
 
 def reference_file(reference: str | Path, spec: WindowSpec, cache_dir: str | Path) -> Path:

@@ -140,7 +140,7 @@ class EngineHost:
         if not task.reference:
             raise FidelityError(f"task {task.name} needs a reference model (--reference, or the sweep's unpruned)")
         spec = R.WindowSpec(fidelity_corpus(task.name), **({"docs": task.limit} if task.limit else {}))
-        cache = Path(task.cache_dir or Path.home() / ".cache" / "raymoe" / "kld")
+        cache = Path(task.cache_dir) if task.cache_dir else R.default_cache_dir()
         ref_file = R.reference_file(task.reference, spec, cache)
         if not ref_file.is_file():
             ref_model, ref_tok = load_transformers(task.reference, self.dtype)

@@ -34,7 +34,7 @@ from statistics import NormalDist
 import numpy as np
 
 __all__ = ["TRANSFORMS", "SLOPES", "ItemScores", "ratio_value", "bootstrap_se", "paired_difference", "z_value",
-           "bootstrap_stat_se"]
+           "bootstrap_stat_se", "Z95"]
 
 #: transform name -> f applied to sum(num) / sum(den) (vectorised over numpy arrays)
 TRANSFORMS = {
@@ -125,3 +125,7 @@ def z_value(comparisons: int = 1, alpha: float = 0.05) -> float:
     """Two-sided normal quantile with Bonferroni's correction for `comparisons` simultaneous intervals."""
     assert comparisons >= 1 and 0 < alpha < 1
     return NormalDist().inv_cdf(1 - alpha / (2 * comparisons))
+
+
+#: half-width of a single 95% interval, in standard errors
+Z95 = z_value(1)

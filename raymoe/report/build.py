@@ -95,7 +95,7 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
           "over documents for perplexities and KL divergence). `kld:<corpus>`: mean per-token KL(unpruned || "
           "variant) in nats on held-out windows, lower is better. *above-chance retained* = "
           "(acc - chance) / (acc_unpruned - chance), averaged over the accuracy tasks. Parameters and bytes are "
-          "the checkpoint's.", "", main_table(df, prim, tasks, lower_better), "",
+          "the checkpoint's.", "", main_table(df, prim, tasks, metric_of), "",
           "## Which differences are real", "",
           "Each pruned variant against the best one at the same ratio, paired on the items (documents, "
           "questions) both were scored on.", "", paired_markdown(paired_table(prim, lower_better)), "",

@@ -11,12 +11,11 @@ coverage. An interval that contains 0 is a tie: the report does not rank those.
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from raymoe.eval.uncertainty import ItemScores, paired_difference, z_value
 
-__all__ = ["paired_table", "paired_markdown", "group_interval"]
+__all__ = ["paired_table", "paired_markdown"]
 
 
 def _scores(row: dict) -> ItemScores | None:
@@ -59,10 +58,3 @@ def paired_markdown(table: list[dict]) -> str:
                                f"({note}), so each family of intervals has 95% joint coverage. *tie*: the "
                                "interval contains 0 and the two are not ranked.")
 
-
-def group_interval(values: np.ndarray, ses: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error of the mean over variants of one (method, sparsity) (e.g. random seeds):
-    sqrt(between-variant variance / n + mean within-variant se^2 / n)."""
-    n = values.size
-    between = float(np.var(values, ddof=1)) if n > 1 else 0.0
-    return float(values.mean()), float(np.sqrt(between / n + float(np.mean(ses ** 2)) / n))

@@ -7,12 +7,19 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from raymoe.report.paired import group_interval
+from raymoe.eval.uncertainty import Z95
 
 __all__ = ["plot_metrics", "plot_kept", "plot_heatmap", "MARKERS"]
 
 MARKERS = "osD^vP*Xh<>"
-Z95 = 1.959963984540054
+
+
+def _group_interval(values: np.ndarray, ses: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the mean over variants of one (method, sparsity) (e.g. random seeds):
+    sqrt(between-variant variance / n + mean within-variant se^2 / n)."""
+    n = values.size
+    between = float(np.var(values, ddof=1)) if n > 1 else 0.0
+    return float(values.mean()), float(np.sqrt(between / n + float(np.mean(ses ** 2)) / n))
 
 
 def _plt():
@@ -28,7 +35,7 @@ def plot_metrics(prim: pl.DataFrame, out: Path, tasks: list[str], lower_better) 
     """One panel per task (in `tasks` order): a line per method, 95% error bars, the unpruned model dashed.
 
     Several variants of one method at one sparsity (seeds) are drawn as their mean with
-    raymoe.report.paired.group_interval's standard error."""
+    `_group_interval`'s standard error."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     base = prim.filter(pl.col("method") == "unpruned")
@@ -40,7 +47,7 @@ def plot_metrics(prim: pl.DataFrame, out: Path, tasks: list[str], lower_better) 
             m = t.filter(pl.col("method") == method)
             xs, ys, errs = [], [], []
             for (s,), g in sorted(m.group_by(["sparsity"]), key=lambda kv: kv[0][0]):
-                mean, se = group_interval(g["value"].to_numpy(), g["stderr"].fill_null(0.0).to_numpy())
+                mean, se = _group_interval(g["value"].to_numpy(), g["stderr"].fill_null(0.0).to_numpy())
                 xs.append(s), ys.append(mean), errs.append(Z95 * se)
             dodge = 0.006 * (i - (len(methods) - 1) / 2)  # side by side, so overlapping intervals stay readable
             ax.errorbar([x + dodge for x in xs], ys, yerr=errs, marker=MARKERS[i % len(MARKERS)], mfc="none", ms=7,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["task_order", "main_table", "Z95"]
+from raymoe.eval.uncertainty import Z95
 
-Z95 = 1.959963984540054
+__all__ = ["task_order", "main_table"]
 
 
 def task_order(tasks: list[str], metric_of: dict[str, str], lower_better) -> list[str]:
@@ -43,9 +43,8 @@ def _lookup(df: pl.DataFrame) -> dict:
             df.select("variant", "task", "metric", "value", "stderr", "chance").iter_rows(named=True)}
 
 
-def main_table(df: pl.DataFrame, prim: pl.DataFrame, tasks: list[str], lower_better) -> str:
+def main_table(df: pl.DataFrame, prim: pl.DataFrame, tasks: list[str], metric_of: dict[str, str]) -> str:
     at = _lookup(df)
-    metric_of = {t: prim.filter(pl.col("task") == t)["metric"][0] for t in tasks}
     acc_tasks = [t for t in tasks if metric_of[t] == "acc"]
     norm_tasks = [t for t in acc_tasks if any(k[1] == t and k[2] == "acc_norm" for k in at)]
     base = prim.filter(pl.col("method") == "unpruned")["variant"].to_list()
