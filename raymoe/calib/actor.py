@@ -48,9 +48,6 @@ class StageActor:
     def forward(self, mb):
         return self.stage.forward(mb)
 
-    def mean_embeddings(self, ids):
-        return self.stage.mean_embeddings(ids)
-
     def take_stats(self) -> dict:
         return self.stage.take_stats()
 

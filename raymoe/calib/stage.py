@@ -20,7 +20,6 @@ import os
 import resource
 from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,13 +111,6 @@ class Stage:
     def _bias(self, layer: int) -> torch.Tensor | None:
         name = self.spec.arch.correction_bias
         return None if name is None else getattr(self.layers[layer].mlp.gate, name).detach().float().cpu()
-
-    @torch.inference_mode()
-    def mean_embeddings(self, ids: np.ndarray) -> np.ndarray:
-        """Mean input embedding per sequence, ids [N, L] -> [N, H] float64 (for the k-means clusters)."""
-        if self.embed is None:
-            raise CalibrationError("mean_embeddings needs the first stage")
-        return F.embedding(torch.from_numpy(ids).to(self.device), self.embed).double().mean(1).cpu().numpy()
 
     @torch.inference_mode()
     def forward(self, mb: MicroBatch) -> MicroBatch | BatchDone | Pooled:
