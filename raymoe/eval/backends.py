@@ -23,6 +23,8 @@ __all__ = ["BACKENDS", "BackendError", "worker_class", "vllm_python", "check_bac
 BACKENDS: dict[str, str] = {
     "hf": "raymoe.eval.hf_worker:HFWorker",
     "vllm": "raymoe.eval.vllm_worker:VLLMWorker",
+    # a benchmark tool, not a scorer: an engine of known cost (bench/fleet_scale.py; engineer A)
+    "sleep": "raymoe.eval.sleep_worker:SleepWorker",
 }
 
 _HOW_TO = ("create it with `make vllm-env` (or scripts/setup_vllm_env.sh; on GPU clusters "

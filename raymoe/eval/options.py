@@ -35,7 +35,7 @@ class FleetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm", "sleep"] = "hf"  # sleep: the benchmark engine (raymoe.eval.sleep_worker)
     workers: int = Field(1, ge=1)
     max_attempts: int = Field(3, ge=1)  # runs of one (variant, task) pair before the fleet gives up
     replace_dead: bool = True  # start a new worker for each one that dies
