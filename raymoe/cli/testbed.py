@@ -30,6 +30,15 @@ class Testbed:
                             help="fit each layer on dense inputs or on the MoE's own (default moe)")
         parser.add_argument("--layers", type=int, default=None, help="keep only the first N layers (tests)")
         parser.add_argument("--seed", type=int, default=None)
+        h = parser.add_argument_group("healing by distillation from the dense model (raymoe.testbed.heal)")
+        h.add_argument("--heal", action="store_true", help="heal the MoE (defaults below; any --heal-* implies it)")
+        h.add_argument("--heal-tokens", type=int, default=None, help="calibration tokens distilled on (default 49152)")
+        h.add_argument("--heal-lr", type=float, default=None, help="AdamW peak learning rate (default 3e-4)")
+        h.add_argument("--heal-seq-len", type=int, default=None, help="distillation window length (default 256)")
+        h.add_argument("--heal-batch", type=int, default=None, help="windows per step (default 4)")
+        h.add_argument("--heal-warmup", type=float, default=None, help="warm-up fraction of the steps (default 0.1)")
+        h.add_argument("--heal-train", choices=("mlp", "router"), default=None,
+                       help="mlp: routers and experts (default); router: routers only")
         parser.add_argument("--eval-tokens", type=int, default=4096,
                             help="held-out wiki tokens for the dense/MoE perplexity in the manifest (0: skip)")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,12 +46,15 @@ class Testbed:
     def run(self, args: argparse.Namespace) -> int:
         from raymoe.testbed.config import TestbedConfig
 
+        heal = {k: getattr(args, f"heal_{k}") for k in ("tokens", "lr", "seq_len", "batch", "warmup", "train")}
+        heal = {k: v for k, v in heal.items() if v is not None}
         cfg = TestbedConfig.parse(
             layout=args.layout, experts=args.experts, top_k=args.top_k, shared=args.shared, strata=args.strata,
             calib_tokens=args.calib_tokens, seq_len=args.seq_len, coact_tokens=args.coact_tokens,
             router_steps=args.router_steps, router_temperature=args.router_temperature, down=args.down,
             ridge=args.ridge,
             fit_inputs=args.fit_inputs, layers=args.layers, seed=args.seed,
+            heal=heal if (args.heal or heal) else None,
         )
         if args.eval_tokens < 0:
             from raymoe.testbed.config import TestbedConfigError
@@ -58,4 +70,9 @@ class Testbed:
             mt = m["metrics"]
             print(f"held-out wiki perplexity ({mt['heldout_tokens']} tokens): dense {mt['dense_ppl']:.2f}, "
                   f"MoE {mt['moe_ppl']:.2f}")
+        if m.get("heal") and "kl_after" in m["heal"]:
+            h = m["heal"]
+            print(f"healed on {h['tokens']} tokens in {h['seconds']:.0f} s: held-out KL to dense {h['kl_before']:.3f} -> "
+                  f"{h['kl_after']:.3f}, ppl {h['ppl_before']:.2f} -> {h['ppl_after']:.2f}, "
+                  f"expert load max/mean {h['load_max_over_mean_before']:.2f} -> {h['load_max_over_mean_after']:.2f}")
         return 0

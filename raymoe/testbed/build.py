@@ -5,8 +5,10 @@ text, run it through the dense model once with every MLP replaced by a
 `MoefyMLP` (each layer fits its groups, router and scales on the inputs it
 receives: dense inputs, or those of the already-MoEfied earlier layers), export
 the fitted layers into a stock transformers model, measure held-out perplexity
-(dense and MoE), and write `save_pretrained` + tokenizer + `testbed.json`
-atomically.
+(dense and MoE), optionally heal the MoE by distillation from the dense model
+(`cfg.heal`, `raymoe.testbed.heal`: held-out perplexity, KL to the dense model and
+expert load recorded before and after), and write `save_pretrained` + tokenizer +
+`testbed.json` atomically.
 
 Cache: `testbed.json` records the options and their hash; a call whose hash
 matches returns at once; a testbed of other options in `out` is rebuilt and
@@ -26,7 +28,7 @@ from typing import Any
 
 from raymoe.errors import CheckpointError
 from raymoe.io import atomic_dir, atomic_write_json
-from raymoe.testbed.config import BUILDER_VERSION, TestbedConfig, TestbedConfigError
+from raymoe.testbed.config import BUILDER_VERSION, UNHEALED_BUILDER_VERSION, TestbedConfig, TestbedConfigError
 
 __all__ = ["MANIFEST", "TestbedResult", "build_testbed", "read_manifest", "moefy_model"]
 
@@ -119,26 +121,43 @@ def build_testbed(cfg: TestbedConfig, out: str | Path, *, eval_tokens: int = 409
         raise TestbedConfigError(f"--layers {cfg.layers} exceeds the model's {dense.config.num_hidden_layers} layers")
     tokenizer = load_tokenizer()
     calib = wiki_sequences(tokenizer, "calib", cfg.calib_tokens, cfg.seq_len)
+    heal_windows = None
+    if cfg.heal is not None:  # taken before the fit, so too many tokens fail at once
+        h = cfg.heal
+        steps = -(-h.tokens // (h.batch * h.seq_len))
+        heal_windows = wiki_sequences(tokenizer, "calib", steps * h.batch * h.seq_len, h.seq_len)
+    held = wiki_sequences(tokenizer, "heldout", eval_tokens, cfg.seq_len) if eval_tokens else None
     layers = moefy_model(dense, calib, cfg, progress=progress)
     moe = build_moe_model(dense, layers, cfg)
     fit_seconds = time.monotonic() - start
     metrics: dict[str, Any] = {}
-    if eval_tokens:
-        held = wiki_sequences(tokenizer, "heldout", eval_tokens, cfg.seq_len)
+    heal: dict[str, Any] | None = None
+    if held is not None:
         metrics = {"heldout_tokens": int(held.numel()),
-                   "dense_ppl": perplexity(dense, held, progress=progress, desc="dense ppl"),
-                   "moe_ppl": perplexity(moe, held, progress=progress, desc="moe ppl")}
+                   "dense_ppl": perplexity(dense, held, progress=progress, desc="dense ppl")}
+    if cfg.heal is not None:
+        from raymoe.testbed.heal import distill, held_out_fidelity
+
+        before = held_out_fidelity(moe, dense, held) if held is not None else {}
+        heal = distill(moe, dense, heal_windows, cfg.heal, seed=cfg.seed, progress=progress)
+        after = held_out_fidelity(moe, dense, held) if held is not None else {}
+        heal |= {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()}
+        if held is not None:
+            metrics["moe_ppl"] = after["ppl"]
+    elif held is not None:
+        metrics["moe_ppl"] = perplexity(moe, held, progress=progress, desc="moe ppl")
     keys = sorted(layers[0].metrics)
     manifest = {
         "kind": _KIND,
         "hash": cfg.digest(),
-        "builder_version": BUILDER_VERSION,
+        "builder_version": BUILDER_VERSION if cfg.heal is not None else UNHEALED_BUILDER_VERSION,
         "options": cfg.model_dump(),
         "architecture": type(moe).__name__,
         "source": {"gguf": gguf.name, "gguf_sha256": _sha256(gguf), "wiki_sha256": _sha256(wiki)},
         "metrics": metrics,
         "layer_means": {k: sum(lay.metrics[k] for lay in layers) / len(layers) for k in keys},
         "layers": [{**lay.metrics, "load": lay.load} for lay in layers],
+        **({"heal": heal} if heal is not None else {}),
         "build_seconds": round(time.monotonic() - start, 1),
         "fit_seconds": round(fit_seconds, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -13,16 +13,19 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from raymoe.errors import RaymoeError
 
-__all__ = ["TestbedConfig", "TestbedConfigError", "DENSE_MLP_WIDTH", "BUILDER_VERSION", "LAYOUT_DEFAULTS"]
+__all__ = ["TestbedConfig", "TestbedConfigError", "HealConfig", "DENSE_MLP_WIDTH", "BUILDER_VERSION",
+           "UNHEALED_BUILDER_VERSION", "LAYOUT_DEFAULTS"]
 
 #: SmolLM2-135M's MLP width; the config checks divisibility against it before loading anything.
 DENSE_MLP_WIDTH = 1536
 #: bump when the build algorithm changes, so old caches are not reused
-BUILDER_VERSION = 2  # 2: zero q/k/v biases in the shared layout (vLLM)
+BUILDER_VERSION = 3  # 2: zero q/k/v biases in the shared layout (vLLM); 3: healing by distillation
+#: builds without healing are unchanged since version 2 and keep its hash (the main job's cache id)
+UNHEALED_BUILDER_VERSION = 2
 #: per-layout defaults of the options left unset (chosen by measurement: see raymoe/testbed/README.md)
 LAYOUT_DEFAULTS: dict[str, dict[str, int]] = {
     "shared": {"experts": 16, "top_k": 4, "shared": 512},
@@ -34,6 +37,20 @@ class TestbedConfigError(RaymoeError):
     """Testbed options that cannot build a model (E not dividing the width, K > E, ...)."""
 
     __test__ = False  # not a pytest class
+
+
+class HealConfig(BaseModel):
+    """Healing by distillation from the dense model (`raymoe.testbed.heal`); defaults chosen by measurement."""
+
+    __test__ = False
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int = Field(49152, gt=0, le=1 << 20, description="calibration tokens distilled on (one pass)")
+    lr: float = Field(3e-4, gt=0, le=1.0, description="AdamW peak learning rate (linear warm-up, cosine decay)")
+    seq_len: int = Field(256, ge=16, le=2048, description="window length of the distillation batches")
+    batch: int = Field(4, ge=1, le=256, description="windows per optimizer step")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming up")
+    train: Literal["mlp", "router"] = Field("mlp", description="mlp: routers and all experts; router: routers only")
 
 
 class TestbedConfig(BaseModel):
@@ -57,6 +74,15 @@ class TestbedConfig(BaseModel):
     fit_inputs: Literal["dense", "moe"] = "moe"
     layers: int | None = Field(None, ge=1, description="keep only the first N decoder layers (tests)")
     seed: int = 0
+    heal: HealConfig | None = Field(None, description="distil the MoE from the dense model after MoEfication")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave `heal` out when unset, so unhealed builds keep their pre-healing hashes and sweep step ids."""
+        data = handler(self)
+        if data.get("heal") is None:
+            data.pop("heal", None)
+        return data
 
     @classmethod
     def parse(cls, **options: Any) -> "TestbedConfig":
@@ -106,5 +132,6 @@ class TestbedConfig(BaseModel):
 
     def digest(self) -> str:
         """Hash of the options and the builder version: the cache key."""
-        blob = json.dumps({"builder": BUILDER_VERSION, **self.model_dump()}, sort_keys=True)
+        version = BUILDER_VERSION if self.heal is not None else UNHEALED_BUILDER_VERSION
+        blob = json.dumps({"builder": version, **self.model_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
