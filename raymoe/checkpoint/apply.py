@@ -3,10 +3,18 @@
 Pruned layer l keeps experts keep[0..n-1] (source indices) as new experts
 0..n-1. Expert tensors are renamed (bytes copied verbatim), router rows and
 the correction bias are sliced; a merge group's target becomes
-W = sum_i w_i W_{m_i} (expert weights, router rows and bias alike, computed in
-float32). Uniform results get the stock config with the new count; mixed
-counts get raymoe's variable-expert architecture (raymoe/moe/variable.py).
-Output is written to a temporary directory and renamed when complete.
+W = sum_i w_i P_i(W_{m_i}) for expert weights, P_i the member's neuron
+permutation from the plan's alignment (raymoe/plan/alignment.py: rows of
+gate/up, columns of down; identity for the target and without an alignment),
+and r = sum_i w_i r_{m_i} for router rows and correction bias (never permuted),
+all computed in float32. A permuted member is gathered and added in blocks of
+rows (acc[i] += w W_m[pi[i]]), so a merge holds the float32 sum, one member and
+a block at a time. Merges run on one thread: on the shared 2-core machine a
+4.7 MB float32 add took 14 ms on 2 threads and 0.9 ms on 1. Uniform results get the stock
+config with the new count; mixed counts get raymoe's variable-expert
+architecture (raymoe/moe/variable.py). Output is written to a temporary
+directory and renamed when complete; every check (plan, permutations, shard
+headers, output path) runs before anything is written.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+import contextlib
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +39,17 @@ from raymoe.plan.schema import LayerPlan, PrunePlan
 __all__ = ["apply_plan", "pruned_config"]
 
 _WEIGHT_FILES = (INDEX_FILE, "config.json")
+_BLOCK = 1 << 20  # bytes of one gathered block when adding a permuted member
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pruned_config(cfg: dict, spec: MoeModelSpec, counts: dict[int, int]) -> dict:
@@ -44,12 +65,13 @@ def pruned_config(cfg: dict, spec: MoeModelSpec, counts: dict[int, int]) -> dict
 
 
 class _LayerMap:
-    """Source -> pruned index mapping of one layer."""
+    """Source -> pruned index mapping of one layer (and the inverse permutations of its merge members)."""
 
-    def __init__(self, lp: LayerPlan):
+    def __init__(self, lp: LayerPlan, perms: dict | None = None):
         self.new_index = {e: j for j, e in enumerate(lp.keep)}
         self.merge = {g.target: g for g in lp.merges}
         self.keep = lp.keep
+        self.perm = {e: torch.as_tensor(p) for e, p in (perms or {}).items()}  # pi [I]
 
     def sources(self, j: int) -> list[tuple[int, float]]:
         """(source expert, weight) pairs that make pruned expert j."""
@@ -58,12 +80,38 @@ class _LayerMap:
         return [(e, 1.0)] if g is None else list(zip(g.members, g.weights))
 
 
-def _combine(ckpt: SafetensorsCheckpoint, names_weights: list[tuple[str, float]], dtype: str) -> torch.Tensor:
-    (first, w0), *rest = names_weights
-    acc = ckpt.get(first).float().mul_(w0)  # in place: peak is about two tensors
-    for name, w in rest:
-        acc.add_(ckpt.get(name).float(), alpha=w)
+def _add_permuted(acc: torch.Tensor, x: torch.Tensor, perm: torch.Tensor, axis: int, w: float) -> None:
+    """acc += w P(x): acc[i] += w x[pi[i]] (axis 0) or acc[:, i] += w x[:, pi[i]] (axis 1), in row blocks of
+    about _BLOCK bytes, so the gathered temporary stays small."""
+    rows = max(1, _BLOCK // max(1, x[0].numel() * 4))
+    for r in range(0, x.shape[0], rows):
+        if axis == 0:
+            acc[r:r + rows].add_(x.index_select(0, perm[r:r + rows]), alpha=w)
+        else:
+            acc[r:r + rows].add_(x[r:r + rows].index_select(1, perm), alpha=w)
+
+
+def _combine(ckpt: SafetensorsCheckpoint, parts: list[tuple[str, float, torch.Tensor | None]], dtype: str,
+             axis: int | None) -> torch.Tensor:
+    """sum_i w_i P_i(W_i) in float32; parts (tensor name, weight, permutation pi or None)."""
+    parts = sorted(parts, key=lambda p: p[2] is not None)  # an unpermuted member (the target) seeds the sum
+    acc = None
+    for name, w, perm in parts:
+        x = ckpt.get(name).float()  # its own memory (a fresh read): safe to scale in place
+        if perm is None or axis is None:
+            acc = x.mul_(w) if acc is None else acc.add_(x, alpha=w)
+        else:
+            acc = torch.zeros_like(x) if acc is None else acc
+            _add_permuted(acc, x, perm, axis, w)
+        del x
     return acc.to(TORCH_DTYPES[dtype])
+
+
+def _perm_axis(proj: str, suffix: str) -> int | None:
+    """The neuron axis of an expert tensor: rows of gate/up (weight [I, H], bias [I]), columns of down."""
+    if proj in ("gate", "up"):
+        return 0
+    return 1 if suffix == "weight" else None  # down bias [H] has no neuron axis
 
 
 class _Job:
@@ -87,8 +135,9 @@ def _plan_tensor(ckpt, spec: MoeModelSpec, maps: dict[int, _LayerMap], info: Ten
         srcs = lm.sources(j)
         if len(srcs) == 1:
             return [_Job(out, copy=info)]
-        pairs = [(spec.expert_name(role.layer, e, role.proj, role.suffix), w) for e, w in srcs]
-        return [_Job(out, compute=lambda: _combine(ckpt, pairs, info.dtype))]
+        parts = [(spec.expert_name(role.layer, e, role.proj, role.suffix), w, lm.perm.get(e)) for e, w in srcs]
+        axis = _perm_axis(role.proj, role.suffix)
+        return [_Job(out, compute=lambda: _combine(ckpt, parts, info.dtype, axis))]
     # router weight [E, H] or correction bias [E]: rows per pruned expert
     n = len(lm.keep)
     out = OutTensor(info.name, info.dtype, (n, *info.shape[1:]))
@@ -119,13 +168,14 @@ def apply_plan(source: str | Path, plan: PrunePlan, out: str | Path, *, overwrit
     plan.validate_for(spec)
     ckpt = SafetensorsCheckpoint(source)  # parses and validates every shard header
     _check_out(out, overwrite)
-    maps = {lp.layer: _LayerMap(lp) for lp in plan.layers}
+    perms = plan.permutations()  # checked against the model's width and merge groups by validate_for
+    maps = {lp.layer: _LayerMap(lp, perms.get(lp.layer)) for lp in plan.layers}
     counts = {l: len(maps[l].keep) if l in maps else e for l, e in spec.experts.items()}
 
     shards = [(f, [job for info in ckpt.infos_in(f) for job in _plan_tensor(ckpt, spec, maps, info)])
               for f in ckpt.files]
     total = sum(job.out.nbytes for _, jobs in shards for job in jobs)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp, _one_thread():
         weight_map: dict[str, str] = {}
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="apply", disable=not progress)
         for src_file, jobs in shards:

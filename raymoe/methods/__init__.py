@@ -30,6 +30,8 @@ METHODS: dict[str, str] = {
     "ean": "raymoe.methods.baselines:EanPrune",
     "reap": "raymoe.methods.baselines:ReapPrune",
     "naee": "raymoe.methods.naee:Naee",
+    "hc-smoe": "raymoe.methods.hcsmoe:HcSmoe",
+    "m-smoe": "raymoe.methods.msmoe:MSmoe",
 }
 
 

@@ -36,8 +36,12 @@ outputs on the batch's samples, so its Gram matrix is sum_{s in b} F_s F_s^T.
    kept none). A group (target t, members m) merges with w_m = u_m exp(a_{m,t} / T)
    / sum_m' u_m' exp(a_{m',t} / T), a the cosine affinity (a_{t,t} = 1), u the
    routing frequency share (+1e-12); apply_plan combines expert weights and router
-   rows with these w. phi_e = mean of e's features over all samples.
-Group-limited routers keep the same count in every original group (`keep_balanced`).
+   rows with these w. phi_e = mean of e's features over all samples. Before
+   averaging, each member's neurons are permuted to match the target's
+   (`align`, default activation correlations on the probe tokens; raymoe/methods/align.py):
+   W_t' = sum_m w_m P_m(W_m). `align=none` averages unaligned weights (the paper's merge).
+Group-limited routers keep the same count in every original group (`keep_balanced`), and
+a removed expert joins a kept expert of its own original group only.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class CPruneConfig(MethodConfig):
 
 class CPruneMergeConfig(CPruneConfig):
     temperature: float = Field(0.1, gt=0, description="softmax temperature over affinities")
+    align: Literal["activations", "weights", "none"] = Field(
+        "activations", description="neuron alignment before averaging: activation correlations on probe "
+        "tokens, weight similarity, or none")
+    align_tokens: int = Field(256, ge=2, description="probe tokens per layer for activation correlations")
 
 
 def size_factor(p: float) -> float:
@@ -187,17 +195,20 @@ def _global_features(f: torch.Tensor, nb: int, cfg: CPruneConfig, proj: dict) ->
 
 
 def merge_groups(keep: list[int], labels: np.ndarray, phi: torch.Tensor, usage: np.ndarray,
-                 temperature: float) -> tuple[list[MergeGroup], np.ndarray]:
-    """Fold removed experts into kept ones; returns (groups, affinity of each expert to its target)."""
+                 temperature: float, n_group: int = 1) -> tuple[list[MergeGroup], np.ndarray]:
+    """Fold removed experts into kept ones of the same original group (of n_group); returns (groups,
+    affinity of each expert to its target)."""
     unit = torch.nn.functional.normalize(phi.double(), dim=1)
     cos = (unit @ unit.T).numpy()  # [E, E]
     E = len(labels)
+    size = E // max(n_group, 1)
     target_of = {t: t for t in keep}
     for e in range(E):
         if e in target_of:
             continue
-        same = [t for t in keep if labels[t] == labels[e]]
-        pool = same or keep
+        mine = [t for t in keep if t // size == e // size]
+        same = [t for t in mine if labels[t] == labels[e]]
+        pool = same or mine
         target_of[e] = max(pool, key=lambda t: (cos[e, t], -t))
     aff = np.array([cos[e, target_of[e]] if e != target_of[e] else 1.0 for e in range(E)])
     groups = []
@@ -291,15 +302,22 @@ class CPrune:
 
 class CPruneMerge:
     name: ClassVar[str] = "c-prune-merge"
-    summary: ClassVar[str] = "C-Prune, removed experts merged into their cluster's kept expert (affinity softmax)"
+    summary: ClassVar[str] = ("C-Prune, removed experts merged into their cluster's kept expert (affinity softmax), "
+                              "neuron-aligned")
     weights: ClassVar[str] = "optional"
     Config = CPruneMergeConfig
 
     def plan(self, stats: CalibStats, weights, budget: Budget, config: CPruneMergeConfig) -> PrunePlan:
+        from raymoe.methods.align import alignment_for
+
         keep, table, labels, phi = cprune(stats, weights, budget, config)
         merges = {}
         for l in keep:
             usage = per_layer_share(stats.layers[l].counts)
-            merges[l], aff = merge_groups(keep[l], labels[l], phi[l], usage, config.temperature)
+            merges[l], aff = merge_groups(keep[l], labels[l], phi[l], usage, config.temperature, budget.n_group)
             table[l]["affinity_to_target"] = aff
-        return build_plan(self.name, config, stats, budget, keep, table, merges)
+        plan = build_plan(self.name, config, stats, budget, keep, table, merges)
+        align = config.align if weights is not None else "none"  # no weights: nothing to align (stated)
+        with single_thread():
+            plan.alignment = alignment_for(stats, weights, merges, align, config.align_tokens, config.seed)
+        return plan

@@ -2,8 +2,12 @@
 
 Expert indices are source indices. The pruned layer's expert `j` is source
 expert `keep[j]`, or, when a merge group targets `keep[j]`, the weighted
-average sum_i w_i * W_{members[i]} of its members' weights (router rows and
-correction bias likewise).
+average sum_i w_i * P_i(W_{members[i]}) of its members' weights, P_i the
+member's neuron permutation (identity unless the plan has an `alignment`);
+router rows and correction bias are sum_i w_i r_{members[i]} (never permuted).
+
+Permutations live in a sidecar safetensors file next to plan.json
+(`raymoe.plan.alignment`), named in plan.json with its SHA-256 and width.
 """
 
 from __future__ import annotations
@@ -11,14 +15,18 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raymoe.errors import PlanError
 from raymoe.io import atomic_write_text
+from raymoe.plan.alignment import Alignment
 
-__all__ = ["MergeGroup", "LayerPlan", "PrunePlan", "PLAN_VERSION"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["MergeGroup", "LayerPlan", "PrunePlan", "PLAN_VERSION", "Alignment"]
 
 PLAN_VERSION = 1
 
@@ -105,6 +113,12 @@ def _check_groups(lp: LayerPlan, spec) -> None:
     if per[0] < need:
         raise PlanError(f"{where}; group-limited routing (top_k={spec.top_k}, topk_group={spec.topk_group}) "
                         f"needs at least {need} per group")
+    for mg in lp.merges:
+        groups = sorted({m // size for m in mg.members})
+        if len(groups) > 1:
+            raise PlanError(f"layer {lp.layer}: merge group of target {mg.target} has members {mg.members} from "
+                            f"original groups {groups} (n_group={g}); group-limited routing needs every merge "
+                            f"within one original group")
 
 
 class PrunePlan(_Strict):
@@ -117,6 +131,7 @@ class PrunePlan(_Strict):
     model_type: str
     stats: dict[str, Any] | None = None  # manifest of the stats store the plan came from
     layers: list[LayerPlan]
+    alignment: Alignment | None = None  # neuron permutations of merge members (sidecar file)
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
 
     @model_validator(mode="after")
@@ -147,10 +162,26 @@ class PrunePlan(_Strict):
                 raise PlanError(f"layer {lp.layer} keeps {len(lp.keep)} experts, fewer than top_k={spec.top_k}")
             if spec.n_group > 1:
                 _check_groups(lp, spec)
+        if self.alignment is not None:
+            self.alignment.check(spec.expert_intermediate, self.merged_members())
+
+    def merged_members(self) -> dict[int, list[int]]:
+        """Per layer, the experts merged into another one (the members that are not their group's target)."""
+        return {lp.layer: sorted(m for g in lp.merges for m in g.members if m != g.target)
+                for lp in self.layers if lp.merges}
+
+    def permutations(self) -> dict[int, dict[int, "np.ndarray"]]:
+        """layer -> merged-away expert -> neuron permutation [I] (empty without an alignment)."""
+        return {} if self.alignment is None else self.alignment.permutations()
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, self.model_dump_json(indent=1) + "\n")
+        """Write plan.json (and, with an alignment, its sidecar beside it first)."""
+        path = Path(path)
+        if self.alignment is None:
+            return atomic_write_text(path, self.model_dump_json(indent=1) + "\n")
+        self.alignment.write(path.parent)
+        return atomic_write_text(path, self.model_dump_json(indent=1, exclude={"alignment": {"data"}}) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "PrunePlan":
@@ -158,10 +189,13 @@ class PrunePlan(_Strict):
         if not path.is_file():
             raise PlanError(f"plan file {str(path)!r} does not exist")
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            plan = cls.model_validate(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
             raise PlanError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise PlanError(f"{path}: invalid plan: {where}: {first['msg']}") from None
+        if plan.alignment is not None:
+            plan.alignment = plan.alignment.read(path.parent, path.name)
+        return plan

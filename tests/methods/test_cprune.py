@@ -162,9 +162,16 @@ def test_merge_weights_are_affinity_softmax_and_applied(traced, hf_layer, tmp_pa
             np.testing.assert_allclose(g.weights, w / w.sum(), rtol=1e-6, atol=1e-8)  # method adds 1e-12 to u
             covered |= set(g.members)
             j = lp.keep.index(t)
+            perms = plan.permutations().get(lp.layer, {})
+            assert set(g.members) - {t} <= set(perms)  # every merged-away member is aligned to its target
             for proj in ("gate", "up", "down"):
-                ref = sum(wi * src.get(spec.expert_name(lp.layer, m, proj)).float()
-                          for wi, m in zip(g.weights, g.members))
+                def aligned(m, proj=proj):  # gate/up rows, down columns in the target's neuron order
+                    w = src.get(spec.expert_name(lp.layer, m, proj)).float()
+                    if m not in perms:
+                        return w
+                    p = torch.as_tensor(perms[m])
+                    return w[:, p] if proj == "down" else w[p]
+                ref = sum(wi * aligned(m) for wi, m in zip(g.weights, g.members))
                 torch.testing.assert_close(dst.get(spec.expert_name(lp.layer, j, proj)).float(), ref,
                                            rtol=1e-5, atol=1e-6)
             router = src.get(spec.router_name(lp.layer)).float()
