@@ -11,8 +11,6 @@ reduction into `CalibStats` with its manifest.
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import os
 import time
 from pathlib import Path
 
@@ -87,12 +85,10 @@ def _manifest(prep: Prepared, run_info: dict) -> dict:
 
 
 def _start_ray(address: str | None, cpus_needed: float) -> None:
-    """Join `address`, or start a local Ray with at least the logical CPUs the stage actors reserve."""
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
-                 log_to_driver=False)
+    """Join `address` / $RAY_ADDRESS, or start a local Ray holding the logical CPUs the stage actors reserve."""
+    from raymoe.ray_cluster import RayResources, ensure_ray
+
+    ensure_ray(RayResources(address=address, min_cpus=cpus_needed))
 
 
 def calibrate(model: str | Path | Prepared, config: CalibConfig | None = None, data: str | Path | CalibData = "wiki",

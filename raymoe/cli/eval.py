@@ -77,13 +77,13 @@ class Eval:
 
     def _run(self, args, tasks, kinds, opts) -> int:
         import polars as pl
-        import ray
 
         from raymoe.eval.backends import check_backend
         from raymoe.eval.fleet import EvalFleet
         from raymoe.eval.reference import check_reference, default_cache_dir
         from raymoe.eval.results import write_results
         from raymoe.eval.variants import parse_variants
+        from raymoe.ray_cluster import RayResources, ensure_ray
 
         variants = parse_variants(args.variants)
         check_backend(opts.backend, opts.engine, [v.path for v in variants])
@@ -98,8 +98,7 @@ class Eval:
         out = args.out / "results.parquet"
         if out.exists() and not args.overwrite:
             raise RaymoeError(f"results file {out} already exists (choose another --out, or --overwrite)")
-        if args.ray_address and not ray.is_initialized():
-            ray.init(address=args.ray_address)
+        ensure_ray(RayResources(address=args.ray_address, min_cpus=opts.workers * opts.num_cpus + 1))
         with EvalFleet(opts) as fleet:
             rows = fleet.run(variants, tasks, run_id=run_id, progress=not args.no_progress)
         write_results(out, rows, overwrite=args.overwrite)

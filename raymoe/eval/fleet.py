@@ -1,23 +1,36 @@
-"""The eval fleet: a pool of worker actors scoring (variant, task) pairs, surviving worker deaths.
+"""The eval fleet: a pool of worker actors scoring (variant, task) pairs as they arrive, surviving worker deaths.
 
-Scheduling: pairs are queued variant by variant; a free worker takes the next
-pair of the variant it already holds (no engine reload), else the first pair
-of a variant no busy worker holds, else the first pair. When a worker dies
-(`RayActorError` on its in-flight call: killed process, lost node), its pair
-goes back to the front of the queue with attempt + 1 and runs on another
-worker (a replacement is started when `replace_dead`). Rows are collected
-only from a pair's successful call and keyed by (variant, task), so nothing
-is lost or counted twice. Any other failure ends the run with an error naming
-the pair; no rows are returned, so no partial results are written.
+Two ways in:
+- `fleet.run(variants, tasks, run_id=...)` scores a fixed set and returns every row (`raymoe eval`);
+- `stream = fleet.stream(run_id=...)`: `stream.submit(variant, tasks)` from any thread, as variants
+  appear (the sweep's producer thread), `stream.close()` when no more will come, and
+  `for done in stream:` yields a `Completed` (job, rows, worker, start and finish times) for each pair
+  as it finishes, in completion order; the caller writes it at once, so a killed driver loses only
+  pairs still in flight. Iterating the stream is what schedules: do it in one thread.
+
+Scheduling: a free worker takes the oldest pending pair of the variant it holds (no engine reload),
+else the oldest pair of a variant no other worker is running or holds, else the oldest pair of a
+variant no busy worker runs, else the oldest pair. So with more workers than tasks per variant, the
+workers spread over the variants available (pairs of different variants run at once), and each
+worker keeps its variant while it has pairs left. Workers start on the first pair submitted
+(all at once) and replacements start in the background while the others keep working.
+
+Faults: when a worker dies (`RayActorError` on its in-flight call: killed process, lost node), its
+pair goes back to the front of the queue with attempt + 1 (at most `max_attempts`) and runs on
+another worker (a replacement is started when `replace_dead`). Rows are taken only from a pair's
+successful call, so nothing is lost or counted twice. Any other failure ends the stream with an
+error naming the pair; pairs yielded before it stay valid.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import queue
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import ray
 from tqdm.auto import tqdm
@@ -28,8 +41,11 @@ from raymoe.eval.backends import BackendError, actor_options, check_backend, wor
 from raymoe.eval.options import FleetOptions
 from raymoe.eval.tasks import TaskRequest
 from raymoe.eval.variants import Variant
+from raymoe.ray_cluster import RayResources, check_fits, ensure_ray
 
-__all__ = ["EvalFleet", "FleetEvent", "EvalError", "Job"]
+__all__ = ["EvalFleet", "FleetStream", "FleetEvent", "Completed", "EvalError", "Job"]
+
+POLL_S = 0.05  # how often a fleet with idle workers looks for new submissions while pairs run
 
 
 class EvalError(RaymoeError):
@@ -56,6 +72,17 @@ class FleetEvent:
     job: Job | None = None
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A finished pair: its rows (raymoe.eval.results.SCHEMA), the worker, and when it ran (epoch s)."""
+
+    job: Job
+    rows: list[dict]
+    worker: str
+    started: float  # dispatched to the worker
+    finished: float  # result seen by the driver
+
+
 def _cause(err: Exception) -> str:
     cause = getattr(err, "cause", None) or err
     if isinstance(cause, RaymoeError):
@@ -64,16 +91,74 @@ def _cause(err: Exception) -> str:
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
 
 
+_CLOSE, _CANCEL = object(), object()
+
+
+class FleetStream:
+    """Pairs in (`submit`, `close`: any thread), finished pairs out (iterate: one thread)."""
+
+    def __init__(self, fleet: "EvalFleet", run_id: str, on_event: Callable[[FleetEvent], None] | None,
+                 progress: bool) -> None:
+        self.fleet, self.run_id, self.progress = fleet, run_id, progress
+        self.notify = on_event or (lambda e: None)
+        self.created = _dt.datetime.now(_dt.timezone.utc)
+        self.submitted = 0
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._keys: set[tuple[str, str]] = set()
+        self._closed = False
+        self.open = True  # seen from the iterating side: more pairs may come
+
+    def submit(self, variant: Variant, tasks: Sequence[TaskRequest]) -> None:
+        """Queue (variant, task) for every task; a pair may be submitted once per stream."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("submit after close")
+            jobs = [Job(variant, t) for t in tasks]
+            dup = [j.key for j in jobs if j.key in self._keys] or len({j.key for j in jobs}) < len(jobs)
+            if dup:
+                raise ValueError(f"pair submitted twice: {dup}")
+            for job in jobs:
+                self._keys.add(job.key)
+                self._inbox.put(job)
+            self.submitted += len(jobs)
+
+    def close(self, cancel: bool = False) -> None:
+        """No more pairs will come; `cancel`: also drop the pairs not yet started (those running finish)."""
+        with self._lock:
+            self._closed = True
+            self._inbox.put(_CANCEL if cancel else _CLOSE)
+
+    def _drain(self, pending: deque[Job], block: bool) -> None:
+        items = [self._inbox.get()] if block else []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is _CLOSE or item is _CANCEL:
+                self.open = False
+                if item is _CANCEL:
+                    pending.clear()
+            else:
+                pending.append(item)
+
+    def __iter__(self) -> Iterator[Completed]:
+        return self.fleet._serve(self)
+
+
 class EvalFleet:
-    """`with EvalFleet(opts) as fleet: rows = fleet.run(variants, tasks, run_id=...)`."""
+    """`with EvalFleet(opts) as fleet: rows = fleet.run(variants, tasks, run_id=...)`, or `fleet.stream(...)`."""
 
     def __init__(self, opts: FleetOptions) -> None:
         self.opts = opts
-        self.workers: dict[str, ray.actor.ActorHandle] = {}
-        self.info: dict[str, dict] = {}  # worker id -> pid, host, ... (taken at start, while idle)
+        self.workers: dict[str, ray.actor.ActorHandle] = {}  # started and ready
+        self.info: dict[str, dict] = {}  # worker id -> pid, host, loaded variant path, ...
         self.busy: dict[str, Job] = {}
         self.deaths = 0
         self._next_id = 0
+        self._starting: dict[ray.ObjectRef, tuple[str, ray.actor.ActorHandle]] = {}  # info ref -> worker
         self.started = False
         self.worker_starts = 0  # workers started over the fleet's life (replacements included; never reset)
 
@@ -86,98 +171,135 @@ class EvalFleet:
         self.shutdown()
 
     def start(self) -> None:
-        check_backend(self.opts.backend, self.opts.engine)
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):  # inside a Ray job / pointed at a cluster
-                ray.init()
-            else:  # a local Ray with a CPU slot per worker
-                cpus = max(os.cpu_count() or 1, int(self.opts.workers * self.opts.num_cpus) + 1)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        for _ in range(self.opts.workers):
-            self._add_worker()
+        """Connect to Ray (raymoe.ray_cluster.ensure_ray), check a worker fits a node, start the workers."""
+        o = self.opts
+        check_backend(o.backend, o.engine)
+        ensure_ray(RayResources(min_cpus=o.workers * o.num_cpus + 1))
+        need = actor_options(o.backend, o.engine, o.num_cpus)
+        check_fits({"CPU": need["num_cpus"], "GPU": need.get("num_gpus", 0)}, what=f"an eval worker ({o.backend})")
+        refs = [self._launch() for _ in range(o.workers)]
+        for ref in refs:  # they start in parallel
+            self._ready(ref)
         self.started = True
 
-    def _add_worker(self) -> str:
+    def _launch(self) -> ray.ObjectRef:
         wid = f"{self.opts.backend}-{self._next_id}"
         self._next_id += 1
         cls = worker_class(self.opts.backend)
         handle = cls.options(**actor_options(self.opts.backend, self.opts.engine, self.opts.num_cpus),
                              max_restarts=0).remote(wid, self.opts.engine)
+        ref = handle.info.remote()
+        self._starting[ref] = (wid, handle)
+        self.worker_starts += 1
+        return ref
+
+    def _ready(self, ref: ray.ObjectRef) -> None:
+        wid, handle = self._starting.pop(ref)
         try:
-            self.info[wid] = ray.get(handle.info.remote())
+            self.info[wid] = ray.get(ref)
         except ray.exceptions.RayError as err:
             ray.kill(handle)
             raise BackendError(f"worker {wid} ({self.opts.backend}) failed to start: {_cause(err)}") from None
         self.workers[wid] = handle
-        self.worker_starts += 1
-        return wid
 
     def shutdown(self) -> None:
-        for handle in self.workers.values():
+        for handle in [*self.workers.values(), *(h for _, h in self._starting.values())]:
             ray.kill(handle)
         self.workers.clear()
+        self._starting.clear()
         self.busy.clear()
         self.started = False
 
     def _pick(self, wid: str, pending: deque[Job]) -> Job:
         loaded = self.info[wid].get("loaded")
-        held = {j.variant.path for w, j in self.busy.items() if w != wid}
-        for rule in (lambda j: j.variant.path == loaded, lambda j: j.variant.path not in held, lambda j: True):
+        running = {j.variant.path for w, j in self.busy.items() if w != wid}
+        held = running | {i.get("loaded") for w, i in self.info.items() if w != wid and w in self.workers}
+        for rule in (lambda j: j.variant.path == loaded, lambda j: j.variant.path not in held,
+                     lambda j: j.variant.path not in running, lambda j: True):
             for job in pending:
                 if rule(job):
                     pending.remove(job)
                     return job
         raise AssertionError("pending is empty")
 
-    # ---- run -------------------------------------------------------------------------------
+    # ---- scoring ---------------------------------------------------------------------------
+    def stream(self, *, run_id: str, on_event: Callable[[FleetEvent], None] | None = None,
+               progress: bool = True) -> FleetStream:
+        """A stream of pairs to score (see the module docstring); workers start on its first pair."""
+        return FleetStream(self, run_id, on_event, progress)
+
     def run(self, variants: list[Variant], tasks: list[TaskRequest], *, run_id: str,
             on_event: Callable[[FleetEvent], None] | None = None, progress: bool = True) -> list[dict]:
-        """Score every (variant, task) pair; return the result rows (see raymoe.eval.results.SCHEMA).
+        """Score every (variant, task) pair; return the result rows sorted by (variant, task)."""
+        stream = self.stream(run_id=run_id, on_event=on_event, progress=progress)
+        for v in variants:
+            stream.submit(v, tasks)
+        stream.close()
+        done = {c.job.key: c.rows for c in stream}
+        return [row for key in sorted(done) for row in done[key]]
 
-        Starts the workers on first use when the fleet was not started (or entered) before."""
-        if not self.started:
-            self.start()
-        notify = on_event or (lambda e: None)
-        pending = deque(Job(v, t) for v in variants for t in tasks)
-        done: dict[tuple[str, str], list[dict]] = {}
-        inflight: dict[ray.ObjectRef, tuple[str, Job]] = {}
-        bar = tqdm(total=len(pending), desc=f"eval {run_id}", unit="job", disable=not progress)
-        created = _dt.datetime.now(_dt.timezone.utc)
+    def _dispatch(self, pending: deque[Job], inflight: dict, notify) -> None:
+        paths = {j.variant.path for j in pending}
+        # idle workers whose variant has pairs left choose first, so no other worker takes those pairs
+        idle = sorted((w for w in self.workers if w not in self.busy),
+                      key=lambda w: self.info[w].get("loaded") not in paths)
+        for wid in idle:
+            if not pending:
+                break
+            job = self._pick(wid, pending)
+            ref = self.workers[wid].evaluate.remote(job.variant.path, job.task)
+            inflight[ref] = (wid, job, time.time())
+            self.busy[wid] = job
+            notify(FleetEvent("started", wid, job))
+
+    def _serve(self, stream: FleetStream) -> Iterator[Completed]:
+        notify = stream.notify
+        pending: deque[Job] = deque()
+        inflight: dict[ray.ObjectRef, tuple[str, Job, float]] = {}
+        bar = tqdm(total=0, desc=f"eval {stream.run_id}", unit="job", disable=not stream.progress)
         try:
-            while pending or inflight:
-                for wid in [w for w in self.workers if w not in self.busy]:
-                    if not pending:
-                        break
-                    job = self._pick(wid, pending)
-                    ref = self.workers[wid].evaluate.remote(job.variant.path, job.task)
-                    inflight[ref] = (wid, job)
-                    self.busy[wid] = job
-                    notify(FleetEvent("started", wid, job))
-                if not inflight:
-                    raise EvalError(f"no workers left with {len(pending)} pairs to run")
-                [ref], _ = ray.wait(list(inflight), num_returns=1)
-                wid, job = inflight.pop(ref)
-                self.busy.pop(wid, None)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    self._lost(wid, job, pending, notify)
+            while True:
+                quiet = not pending and not inflight and not self._starting
+                stream._drain(pending, block=stream.open and quiet)
+                if bar.total != stream.submitted:
+                    bar.total = stream.submitted
+                    bar.refresh()
+                if not pending and not inflight and not (stream.open and self._starting):
+                    if not stream.open:
+                        return
                     continue
-                except ray.exceptions.RayTaskError as err:
-                    raise EvalError(f"{job.variant.name} x {job.task}: failed on {wid}: {_cause(err)}") from None
-                if job.key not in done:  # a pair's rows are taken once
-                    done[job.key] = self._rows(run_id, job, result, created)
-                self.info[wid]["loaded"] = job.variant.path
-                notify(FleetEvent("done", wid, job))
-                bar.set_postfix_str(f"{job.variant.name} x {job.task.name}", refresh=False)
-                bar.update(1)
+                if pending and not self.started:
+                    self.start()
+                self._dispatch(pending, inflight, notify)
+                if pending and not inflight and not self._starting:
+                    raise EvalError(f"no workers left with {len(pending)} pairs to run")
+                poll = stream.open and len(self.busy) < len(self.workers)
+                ready, _ = ray.wait([*inflight, *self._starting], num_returns=1, timeout=POLL_S if poll else None)
+                for ref in ready:
+                    if ref in self._starting:
+                        self._ready(ref)
+                        continue
+                    wid, job, t0 = inflight.pop(ref)
+                    self.busy.pop(wid, None)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        self._lost(wid, job, pending, notify)
+                        continue
+                    except ray.exceptions.RayTaskError as err:
+                        raise EvalError(f"{job.variant.name} x {job.task}: failed on {wid}: {_cause(err)}") from None
+                    self.info[wid]["loaded"] = job.variant.path
+                    notify(FleetEvent("done", wid, job))
+                    bar.set_postfix_str(f"{job.variant.name} x {job.task.name}", refresh=False)
+                    bar.update(1)
+                    yield Completed(job, self._rows(stream, job, result), wid, t0, time.time())
         finally:
             bar.close()
-        return [row for key in sorted(done) for row in done[key]]
 
     def _lost(self, wid: str, job: Job, pending: deque[Job], notify) -> None:
         self.deaths += 1
         handle = self.workers.pop(wid, None)
+        self.info.pop(wid, None)
         if handle is not None:
             ray.kill(handle)
         notify(FleetEvent("died", wid, job))
@@ -185,11 +307,12 @@ class EvalFleet:
             raise EvalError(f"{job.variant.name} x {job.task}: workers died on all {job.attempt} attempts")
         pending.appendleft(Job(job.variant, job.task, job.attempt + 1))
         if self.opts.replace_dead:
-            notify(FleetEvent("replaced", self._add_worker()))
+            self._launch()
+            notify(FleetEvent("replaced", f"{self.opts.backend}-{self._next_id - 1}"))
 
-    def _rows(self, run_id: str, job: Job, result: dict, created) -> list[dict]:
+    def _rows(self, stream: FleetStream, job: Job, result: dict) -> list[dict]:
         v = job.variant
-        common = {"run": run_id, "variant": v.name, "limit": job.task.limit, "backend": self.opts.backend,
+        common = {"run": stream.run_id, "variant": v.name, "limit": job.task.limit, "backend": self.opts.backend,
                   "engine": result["version"], "worker": result["worker"], "attempt": job.attempt,
                   "wall_s": result["wall_s"], "model_path": v.path, "model_type": v.model_type, "family": v.family,
                   "source_model": v.source_model, "method": v.method, "ratio": v.ratio, "uniform": v.uniform,
@@ -197,5 +320,5 @@ class EvalFleet:
                   "params_routed": v.params_routed, "params_total": v.params_total,
                   "checkpoint_bytes": v.checkpoint_bytes, "reference": job.task.reference,
                   "config_sha256": v.config_sha256, "plan_sha256": v.plan_sha256, "raymoe_version": __version__,
-                  "created": created}
+                  "created": stream.created}
         return [{**common, **metric} for metric in result["rows"]]

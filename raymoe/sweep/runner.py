@@ -5,18 +5,20 @@ The graph on Ray:
 - one calibration per (model hash, data, calibration config), cached under
   `<output>/../.cache/stats/<id>` and shared by every run that asks the same,
 - a planner actor holding the statistics answers every (method, options, ratio),
-- a producer thread applies plans into `variants/<id>/` while the eval fleet
-  scores the variants already written (stages overlap),
-- each (variant, task) evaluation writes `rows/<step id>.parquet`.
+- a producer thread applies plans into `variants/<id>/` and submits each variant's unrecorded
+  (variant, task) pairs to the eval fleet's stream as it lands; the fleet schedules pairs of every
+  variant submitted so far over all its workers (raymoe.eval.fleet), so evaluation overlaps
+  production and several variants are scored at once,
+- the main thread writes each pair as it completes: `rows/<step id>.parquet`, then its record.
 Every finished step leaves a record (raymoe.sweep.records); a rerun of a killed
-sweep skips recorded steps and ends with the same `results.parquet`.
+sweep skips recorded steps and ends with the same `results.parquet` (rows in grid order, not in
+completion order). Ray is joined or started by raymoe.ray_cluster.ensure_ray; a worker or stage
+asking for more GPUs than any node has is refused before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -122,9 +124,61 @@ def _variant_from(path: Path, name: str):
     return Variant.from_path(path, name=name)
 
 
-def _produce(sw: _Sweep, stats_dir: Path, stats_id: str, grid: list[SweepVariant], ready: queue.Queue,
+class _Scoring:
+    """The sweep's side of the fleet stream: which eval steps a variant still needs, and writing each one."""
+
+    def __init__(self, sw: _Sweep, stream, tasks: list, bar) -> None:
+        self.sw, self.stream, self.tasks, self.bar = sw, stream, tasks, bar
+        self.steps: dict[tuple[str, str], tuple[str, dict]] = {}  # (variant, task) -> (step id, params)
+        self._lock = threading.Lock()
+
+    def params(self, vparams: dict, task) -> dict:
+        from raymoe.eval.fidelity import is_fidelity
+        from raymoe.eval.reference import CACHE_VERSION as FIDELITY_VERSION
+
+        params = vparams | {"task": task.name, "limit": task.limit, "backend": self.sw.spec.eval.backend}
+        if is_fidelity(task.name):  # a new fidelity estimator is a new step
+            params["fidelity_version"] = FIDELITY_VERSION
+        return params
+
+    def offer(self, variant, vparams: dict) -> None:
+        """Submit the variant's tasks not yet recorded (any thread); count the recorded ones as done."""
+        todo = []
+        for t in self.tasks:
+            params = self.params(vparams, t)
+            sid = step_id("eval", params)
+            if self.sw.log.done(sid) is None:
+                with self._lock:
+                    self.steps[(variant.name, t.name)] = (sid, params)
+                todo.append(t)
+        self.bar.update(len(self.tasks) - len(todo))
+        if todo:
+            self.stream.submit(variant, todo)
+
+    def write(self, done) -> None:
+        """Record one finished pair: `rows/<step id>.parquet`, then its step record (atomic, in that order)."""
+        from raymoe.eval.results import write_results
+
+        with self._lock:
+            sid, params = self.steps[done.job.key]
+        name, task = done.job.key
+
+        def write(sid):
+            path = self.sw.run_dir / "rows" / f"{sid}.parquet"
+            write_results(path, done.rows, overwrite=True)
+            eval_s = max((r.get("wall_s") or 0.0 for r in done.rows), default=0.0)  # the fleet's job time
+            return {"rows": self.sw.rel(path)}, {"variant": name, "task": task, "eval_s": eval_s,
+                                                  "worker": done.worker, "started": done.started,
+                                                  "finished": done.finished, "attempt": done.job.attempt}
+
+        self.sw.step("eval", params, write)
+        self.bar.update(1)
+        self.bar.set_postfix_str(name, refresh=False)
+
+
+def _produce(sw: _Sweep, stats_dir: Path, stats_id: str, grid: list[SweepVariant], scoring: _Scoring,
              errors: list) -> None:
-    """Plan and apply every grid cell not yet written; put (cell, Variant) on `ready` as each lands."""
+    """Plan and apply every grid cell not yet written; offer each variant to the fleet as it lands."""
     try:
         import ray
 
@@ -144,65 +198,43 @@ def _produce(sw: _Sweep, stats_dir: Path, stats_id: str, grid: list[SweepVariant
                 return {"model": sw.rel(out)}, {"name": cell.name, "counts": list(plan.counts().values())}
 
             rec = sw.step("variant", cell.params(stats_id), build)
-            ready.put((cell.name, _variant_from(sw.run_dir / rec.outputs["model"], cell.name)))
+            scoring.offer(_variant_from(sw.run_dir / rec.outputs["model"], cell.name),
+                          {"variant": step_id("variant", cell.params(stats_id))})
     except BaseException as err:  # surfaced by the consumer
         errors.append(err)
     finally:
-        ready.put(None)
+        scoring.stream.close(cancel=bool(errors))  # on an error, pairs still queued are dropped
 
 
-def _evaluate(sw: _Sweep, fleet, variant, tasks, vparams: dict) -> list[str]:
-    """Score `variant` on the tasks not yet recorded; return the eval step ids of all its tasks."""
-    from raymoe.eval.fidelity import is_fidelity
-    from raymoe.eval.reference import CACHE_VERSION as FIDELITY_VERSION
-    from raymoe.eval.results import write_results
+def _start(spec: SweepSpec):
+    """Ray (raymoe.ray_cluster.ensure_ray) and the checks that need it, before anything is written."""
+    from raymoe.eval.backends import check_backend
+    from raymoe.ray_cluster import RayResources, check_fits, ensure_ray
+    from raymoe.sweep.spec import calib_config
 
-    pending, ids = [], []
-    for t in tasks:
-        params = vparams | {"task": t.name, "limit": t.limit, "backend": sw.spec.eval.backend}
-        if is_fidelity(t.name):  # a new fidelity estimator is a new step
-            params["fidelity_version"] = FIDELITY_VERSION
-        ids.append(step_id("eval", params))
-        if sw.log.done(ids[-1]) is None:
-            pending.append((t, params))
-    if not pending:
-        return ids
-    rows = fleet.run([variant], [t for t, _ in pending], run_id=sw.spec.name, progress=False)
-    for t, params in pending:
-        mine = [r for r in rows if r["task"] == t.name]
-
-        def write(sid, mine=mine):
-            path = sw.run_dir / "rows" / f"{sid}.parquet"
-            write_results(path, mine, overwrite=True)
-            eval_s = max((r.get("wall_s") or 0.0 for r in mine), default=0.0)  # the fleet's job time
-            return {"rows": sw.rel(path)}, {"variant": variant.name, "task": t.name, "eval_s": eval_s}
-
-        sw.step("eval", params, write)
-    return ids
+    res, opts, cfg = spec.resources, fleet_options(spec), calib_config(spec)
+    check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work
+    calib_cpus = 0 if cfg.local else (cfg.stages or 1) * cfg.replicas * cfg.num_cpus  # stages from a memory budget: 1 here
+    ensure_ray(RayResources(address=res.address, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                            min_cpus=max(calib_cpus, opts.workers * opts.num_cpus + 1)))  # + the planner
+    check_fits({"CPU": opts.num_cpus, "GPU": res.worker_gpus}, what="an eval worker (resources.worker_gpus)")
+    if not cfg.local:
+        check_fits({"CPU": cfg.num_cpus, "GPU": res.stage_gpus}, what="a calibration stage (resources.stage_gpus)")
+    return opts
 
 
 def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     """Run (or resume) the sweep; returns the run directory (results.parquet, report/)."""
-    import ray
     from tqdm.auto import tqdm
 
-    from raymoe.eval.backends import check_backend
     from raymoe.eval.fidelity import is_fidelity
     from raymoe.eval.fleet import EvalFleet
     from raymoe.eval.results import write_results
     from raymoe.eval.tasks import parse_tasks
     from raymoe.report import build_report
 
+    opts = _start(spec)
     sw = _Sweep(spec, progress)
-    res = spec.resources
-    if not ray.is_initialized():
-        if res.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=res.address or os.environ["RAY_ADDRESS"], log_to_driver=False)
-        else:
-            ray.init(num_cpus=res.num_cpus or max(os.cpu_count() or 1, 4), num_gpus=res.num_gpus,
-                     include_dashboard=False, log_to_driver=False)
-    opts = fleet_options(spec)
-    check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work
     model = sw.model()
     stats_dir = sw.calibrate(model)
     stats_id = stats_dir.name
@@ -213,31 +245,26 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
                      **({"reference": str(model), "cache_dir": str(sw.cache / "kld")} if is_fidelity(t.name) else {}))
              for t in parse_tasks(spec.eval.tasks, limit=spec.eval.limit)]
     grid = variant_grid(spec)
-    total = (len(grid) + int(spec.baseline)) * len(tasks)
-    ready: queue.Queue = queue.Queue()
-    errors: list = []
-    producer = threading.Thread(target=_produce, args=(sw, stats_dir, stats_id, grid, ready, errors), daemon=True)
-    producer.start()
-    bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="eval", disable=not progress)
-    eval_ids: list[str] = []
+    vparams = ([{"variant": "unpruned", "stats": stats_id}] if spec.baseline else []) + \
+        [{"variant": step_id("variant", cell.params(stats_id))} for cell in grid]
+    bar = tqdm(total=len(vparams) * len(tasks), desc=f"sweep {spec.name}", unit="eval", disable=not progress)
     fleet = EvalFleet(opts)  # workers start on the first evaluation still to do (none on a finished rerun)
+    scoring = _Scoring(sw, fleet.stream(run_id=spec.name, progress=False), tasks, bar)
+    errors: list = []
+    if spec.baseline:
+        scoring.offer(_variant_from(model, "unpruned"), vparams[0])
+    producer = threading.Thread(target=_produce, args=(sw, stats_dir, stats_id, grid, scoring, errors), daemon=True)
+    producer.start()
     try:
-        if spec.baseline:
-            eval_ids += _evaluate(sw, fleet, _variant_from(model, "unpruned"), tasks,
-                                  {"variant": "unpruned", "stats": stats_id})
-            bar.update(len(tasks))
-        while (item := ready.get()) is not None:
-            name, variant = item
-            cell = next(c for c in grid if c.name == name)
-            eval_ids += _evaluate(sw, fleet, variant, tasks, {"variant": step_id("variant", cell.params(stats_id))})
-            bar.update(len(tasks))
-            bar.set_postfix_str(name, refresh=False)
+        for done in scoring.stream:  # pairs of every variant written so far, as workers finish them
+            scoring.write(done)
     finally:
         fleet.shutdown()
     bar.close()
     producer.join()
     if errors:
         raise errors[0]
+    eval_ids = [step_id("eval", scoring.params(vp, t)) for vp in vparams for t in tasks]
     frames = [pl.read_parquet(sw.run_dir / sw.log.done(sid).outputs["rows"]) for sid in eval_ids]
     rows = pl.concat(frames).to_dicts() if frames else []
     write_results(sw.run_dir / "results.parquet", rows, overwrite=True)
