@@ -4,7 +4,8 @@
 1. Ray already initialised in this process: use it as it is;
 2. an address (`RayResources.address`, else `$RAY_ADDRESS`, e.g. inside `ray job submit`): join that
    cluster; the CPU/GPU counts are the cluster's own and the requested ones are ignored;
-3. otherwise: start a local Ray on loopback (127.0.0.1, no dashboard) with `num_cpus` logical CPUs
+3. otherwise: start a new local Ray (`address="local"`: never one that another process started with
+   `ray start`) on loopback (127.0.0.1, no dashboard) with `num_cpus` logical CPUs
    (default: max(os.cpu_count(), ceil(min_cpus)), so every actor the caller reserves fits) and
    `num_gpus` GPUs (default: Ray's detection).
 
@@ -60,7 +61,7 @@ def ensure_ray(resources: RayResources | None = None) -> Literal["running", "joi
         ray.init(address=address, log_to_driver=False)
         return "joined"
     kwargs = {} if res.num_gpus is None else {"num_gpus": res.num_gpus}
-    ray.init(num_cpus=res.local_cpus(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=res.local_cpus(), include_dashboard=False, log_to_driver=False,
              _node_ip_address=LOOPBACK, **kwargs)
     return "local"
 

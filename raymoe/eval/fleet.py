@@ -24,13 +24,9 @@ error naming the pair; pairs yielded before it stay valid.
 
 from __future__ import annotations
 
-import datetime as _dt
-import queue
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import ray
 from tqdm.auto import tqdm
@@ -38,6 +34,7 @@ from tqdm.auto import tqdm
 from raymoe import __version__
 from raymoe.errors import RaymoeError
 from raymoe.eval.backends import BackendError, actor_options, check_backend, worker_class
+from raymoe.eval.fleet_stream import Completed, FleetEvent, FleetStream, Job
 from raymoe.eval.options import FleetOptions
 from raymoe.eval.tasks import TaskRequest
 from raymoe.eval.variants import Variant
@@ -52,100 +49,12 @@ class EvalError(RaymoeError):
     """A (variant, task) pair failed on a worker, or the pool ran out of workers."""
 
 
-@dataclass(frozen=True)
-class Job:
-    variant: Variant
-    task: TaskRequest
-    attempt: int = 1
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.variant.name, self.task.name
-
-
-@dataclass(frozen=True)
-class FleetEvent:
-    """What happened: `started`, `done`, `died` (worker lost with `job` in flight), `replaced`."""
-
-    kind: str
-    worker: str
-    job: Job | None = None
-
-
-@dataclass(frozen=True)
-class Completed:
-    """A finished pair: its rows (raymoe.eval.results.SCHEMA), the worker, and when it ran (epoch s)."""
-
-    job: Job
-    rows: list[dict]
-    worker: str
-    started: float  # dispatched to the worker
-    finished: float  # result seen by the driver
-
-
 def _cause(err: Exception) -> str:
     cause = getattr(err, "cause", None) or err
     if isinstance(cause, RaymoeError):
         return str(cause)
     lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
-
-
-_CLOSE, _CANCEL = object(), object()
-
-
-class FleetStream:
-    """Pairs in (`submit`, `close`: any thread), finished pairs out (iterate: one thread)."""
-
-    def __init__(self, fleet: "EvalFleet", run_id: str, on_event: Callable[[FleetEvent], None] | None,
-                 progress: bool) -> None:
-        self.fleet, self.run_id, self.progress = fleet, run_id, progress
-        self.notify = on_event or (lambda e: None)
-        self.created = _dt.datetime.now(_dt.timezone.utc)
-        self.submitted = 0
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._keys: set[tuple[str, str]] = set()
-        self._closed = False
-        self.open = True  # seen from the iterating side: more pairs may come
-
-    def submit(self, variant: Variant, tasks: Sequence[TaskRequest]) -> None:
-        """Queue (variant, task) for every task; a pair may be submitted once per stream."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("submit after close")
-            jobs = [Job(variant, t) for t in tasks]
-            dup = [j.key for j in jobs if j.key in self._keys] or len({j.key for j in jobs}) < len(jobs)
-            if dup:
-                raise ValueError(f"pair submitted twice: {dup}")
-            for job in jobs:
-                self._keys.add(job.key)
-                self._inbox.put(job)
-            self.submitted += len(jobs)
-
-    def close(self, cancel: bool = False) -> None:
-        """No more pairs will come; `cancel`: also drop the pairs not yet started (those running finish)."""
-        with self._lock:
-            self._closed = True
-            self._inbox.put(_CANCEL if cancel else _CLOSE)
-
-    def _drain(self, pending: deque[Job], block: bool) -> None:
-        items = [self._inbox.get()] if block else []
-        while True:
-            try:
-                items.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        for item in items:
-            if item is _CLOSE or item is _CANCEL:
-                self.open = False
-                if item is _CANCEL:
-                    pending.clear()
-            else:
-                pending.append(item)
-
-    def __iter__(self) -> Iterator[Completed]:
-        return self.fleet._serve(self)
 
 
 class EvalFleet:

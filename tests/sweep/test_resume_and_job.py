@@ -24,7 +24,7 @@ ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_C
                     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def spec_text(model: Path, out: Path) -> str:
+def spec_text(model: Path, out: Path, workers: int = 1) -> str:
     return textwrap.dedent(f"""\
         name: tiny
         model: {model}
@@ -34,8 +34,8 @@ def spec_text(model: Path, out: Path) -> str:
           - {{name: reap}}
           - {{name: random, seeds: [0]}}
         ratios: [0.5]
-        eval: {{tasks: [wiki_ppl, arc_easy], limit: 4}}
-        resources: {{num_cpus: 4}}
+        eval: {{tasks: [wiki_ppl, arc_easy], limit: 4, workers: {workers}}}
+        resources: {{num_cpus: {max(4, workers + 1)}}}
         output: {out}
         """)
 
@@ -54,18 +54,60 @@ def raymoe(*args, **kw) -> subprocess.CompletedProcess:
                           timeout=900, **kw)
 
 
-def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
-    model = tiny_model("mixtral")
-    (tmp_path / "full.yaml").write_text(spec_text(model, tmp_path / "runs" / "full"))
-    (tmp_path / "killed.yaml").write_text(spec_text(model, tmp_path / "runs" / "killed"))
-
-    full = raymoe("run", str(tmp_path / "full.yaml"), "--quiet")
+@pytest.fixture(scope="module")
+def sequential(tiny_model, tmp_path_factory) -> Path:
+    """The reference: the sweep with one eval worker (pairs scored one after another)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    (root / "full.yaml").write_text(spec_text(tiny_model("mixtral"), root / "runs" / "full"))
+    full = raymoe("run", str(root / "full.yaml"), "--quiet")
     assert full.returncode == 0, full.stderr[-2000:]
+    return root / "runs" / "full"
+
+
+def busy_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most intervals that overlap at one instant."""
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_parallel_sweep_overlaps_variants_and_equals_sequential(sequential, tmp_path):
+    """3 workers > 2 tasks per variant: pairs of different variants run at once, on every worker."""
+    spec = tmp_path / "parallel.yaml"
+    spec.write_text(spec_text(Path(json.loads((sequential / "run.json").read_text())["model"]),
+                              sequential.parent / "parallel", workers=3))
+    run = raymoe("run", str(spec), "--quiet")
+    assert run.returncode == 0, run.stderr[-2000:]
+    run_dir = sequential.parent / "parallel"
+    evals = [json.loads(p.read_text())["info"] for p in (run_dir / "steps").glob("eval-*.json")]
+    assert len(evals) == 8
+    assert {e["worker"] for e in evals} == {"hf-0", "hf-1", "hf-2"}
+    spans = [(e["started"], e["finished"]) for e in evals]
+    assert busy_at_once(spans) == 3  # all three workers busy at one instant...
+    assert any(a["variant"] != b["variant"] and a["worker"] != b["worker"]
+               and a["started"] < b["finished"] and b["started"] < a["finished"]
+               for a in evals for b in evals)  # ...with pairs of different variants overlapping
+    assert json.loads((run_dir / "steps.json").read_text())["eval_worker_starts"] == 3
+    assert values(run_dir) == values(sequential)  # equal to the one-worker run
+
+
+def test_busy_at_once_counts_overlaps():
+    assert busy_at_once([(0, 1), (1, 2), (2, 3)]) == 1  # back to back: never two at once
+    assert busy_at_once([(0, 3), (1, 2), (1.5, 4), (5, 6)]) == 3
+
+
+def test_killed_sweep_resumes_without_redoing_steps(sequential, tmp_path):
+    model = Path(json.loads((sequential / "run.json").read_text())["model"])
+    runs = sequential.parent  # the calibration cache is shared with the reference run
+    (tmp_path / "killed.yaml").write_text(spec_text(model, runs / "killed", workers=2))
 
     # start the same sweep in another run directory and kill it once some variants are evaluated
     proc = subprocess.Popen([sys.executable, "-m", "raymoe", "run", str(tmp_path / "killed.yaml"), "--quiet"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    steps = tmp_path / "runs" / "killed" / "steps"
+    steps = runs / "killed" / "steps"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if len(list(steps.glob("eval-*.json"))) >= 4:  # baseline's 2 tasks + at least one variant
@@ -74,27 +116,29 @@ def test_killed_sweep_resumes_without_redoing_steps(tiny_model, tmp_path):
     assert proc.poll() is None, "the sweep ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = records(tmp_path / "runs" / "killed")
-    assert not (tmp_path / "runs" / "killed" / "results.parquet").exists()
+    before = records(runs / "killed")
+    assert not (runs / "killed" / "results.parquet").exists()
     assert 4 <= sum(k.startswith("eval-") for k in before) < 8
 
     resumed = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "killed"
+    run_dir = runs / "killed"
     record = json.loads((run_dir / "steps.json").read_text())
     executed = set(record["executed"])
     assert executed and not executed & set(before), "a finished step was redone"
-    assert record["eval_workers_started"] is True and record["eval_worker_starts"] >= 1  # it scored the rest
+    assert record["eval_workers_started"] is True and record["eval_worker_starts"] == 2  # it scored the rest
     after = records(run_dir)
+    evals = {k for k in after if k.startswith("eval-")}
+    assert {k for k in executed if k.startswith("eval-")} == evals - set(before)  # exactly the missing pairs
     assert all(after[k] == t for k, t in before.items()), "a finished step's record was rewritten"
     assert sum(k.startswith("eval-") for k in after) == 8  # (3 variants + unpruned) x 2 tasks
-    assert values(run_dir) == values(tmp_path / "runs" / "full")
+    assert values(run_dir) == values(sequential)
 
     again = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")  # finished: nothing to do, no eval workers
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run_dir / "steps.json").read_text()) == {"executed": [], "eval_workers_started": False,
                                                                  "eval_worker_starts": 0}
-    assert values(run_dir) == values(tmp_path / "runs" / "full")
+    assert values(run_dir) == values(sequential)
 
 
 def _free_port() -> int:
