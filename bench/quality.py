@@ -1,118 +1,182 @@
-"""Method quality on the testbed: every registered method at 25% and 50% expert removal.
+"""Method quality on the healed testbed: every registered method at 25%, 50% and 62.5% expert removal.
 
-    python bench/quality.py [--items 100] [--ppl-docs 40] [--seeds 0 1 2] [--out results/quality]
+    python bench/quality.py [--unhealed] [--piqa-items 1100] [--calib-seeds 0 1 2] [--out results/quality]
+    python bench/quality.py --dry-run        # print the sweeps and their variant counts, run nothing
 
-The testbed (SmolLM2-135M MoEfied, `raymoe testbed`) is calibrated once on the
-calibration split of the wiki text (`wiki_calib`); each method's plan at each
-ratio is applied and scored, beside the unpruned MoE, on held-out wiki
-perplexity (`wiki_heldout_ppl`: articles the calibration split does not
-contain; lm-eval word perplexity), ARC-Easy and PIQA (lm-eval `acc`, first
-`--items` validation items). `random` runs once per seed and its row is the seeds' mean.
+The testbed (SmolLM2-135M MoEfied and healed by distillation from the dense model,
+`raymoe testbed --heal`; `--unhealed` uses the unhealed build) is calibrated on the
+calibration split of the wiki text (`wiki_calib`); each method's plan at each ratio
+(75% would leave exactly top_k = 4 experts per layer, where every method routes the
+same) is applied and scored beside the unpruned MoE on fidelity to it
+(`kld:wiki_heldout`, mean KL on held-out articles), held-out wiki word perplexity
+(`wiki_heldout_ppl`), ARC-Easy and PIQA (`acc`). `random` runs with 3 seeds. The
+calibration seed is varied (`--calib-seeds`) for the three seed methods and the two
+best peers at 50% by KL (chosen from the first calibration seed's sweep): one extra
+sweep per further seed, 50% only.
 
-This is a sweep (`raymoe.sweep.run_sweep`), so it is resumable and shares the
-calibration cache; the table is derived from the sweep's `results.parquet`:
-
-    retained = mean over tasks t in {arc_easy, piqa} of acc_t(variant) / acc_t(unpruned)
-    ppl / unpruned = wiki_ppl(variant) / wiki_ppl(unpruned)
-
-Writes `<out>/quality.parquet` (one row per variant, random's seeds included)
-and `<out>/quality.md`, and prints the Markdown table.
+Every cell is value ± 95% half-width (1.96 x the row's standard error); for `random`
+the seeds' mean ± their standard deviation. A difference of two methods is called
+significant when |d| > 1.96 sqrt(se_a^2 + se_b^2) (unpaired, conservative).
+Each sweep (`raymoe.sweep.run_sweep`) is resumable and shares the testbed and
+calibration caches. Writes `<out>/quality.parquet` (one row per variant and
+calibration seed) and `<out>/quality.md`, and prints the Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import polars as pl
 
-ACC_TASKS = ("arc_easy", "piqa")
-PPL = ("wiki_heldout_ppl", "word_perplexity")
+Z95 = 1.96
+SEED_METHODS = ("c-gnn-prune", "c-prune", "pathfinder")
+#: (task, metric, column): the table's columns, KL first (it leads the ranking)
+METRICS = (("kld:wiki_heldout", "kld_mean", "kld"), ("wiki_heldout_ppl", "word_perplexity", "wiki_ppl"),
+           ("arc_easy", "acc", "arc_easy_acc"), ("piqa", "acc", "piqa_acc"))
+COLS = [c for _, _, c in METRICS]
 
 
-def sweep_spec(args: argparse.Namespace):
-    from raymoe.methods import method_names
+def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[float], calib_seed: int, out: Path):
     from raymoe.sweep.spec import SweepSpec
 
-    methods = [{"name": m, **({"seeds": args.seeds} if m == "random" else {})} for m in method_names()]
+    grid = [{"name": m, **({"seeds": args.seeds} if m == "random" else {})} for m in methods]
     return SweepSpec.model_validate({
-        "name": "quality", "model": "testbed",
-        "calibration": {"data": "wiki_calib", "samples": args.samples, "seq_len": args.seq_len, "stages": 1},
-        "methods": methods, "ratios": args.ratios,
-        "eval": {"tasks": [PPL[0], *ACC_TASKS], "limit": args.items, "limits": {PPL[0]: args.ppl_docs},
+        "name": out.name, "model": "testbed",
+        "testbed": {"options": {} if args.unhealed else {"heal": {}}},
+        "calibration": {"data": "wiki_calib", "samples": args.samples, "seq_len": args.seq_len, "stages": 1,
+                        "seed": calib_seed},
+        "methods": grid, "ratios": ratios,
+        "eval": {"tasks": [t for t, _, _ in METRICS],
+                 "limits": {"kld:wiki_heldout": args.kld_docs, "wiki_heldout_ppl": args.ppl_docs,
+                            "arc_easy": args.arc_items, "piqa": args.piqa_items},
                  "backend": args.backend, "workers": 1},
-        "resources": {"num_cpus": 4}, "output": str(args.out),
+        "resources": {"num_cpus": 4}, "output": str(out),
     })
 
 
-def quality_table(results: pl.DataFrame) -> pl.DataFrame:
-    """results.parquet rows -> one row per variant: method, ratio, seed, ppl, accuracies, retained."""
-    keep = [(PPL[0], PPL[1], "wiki_ppl")] + [(t, "acc", f"{t}_acc") for t in ACC_TASKS]
-    parts = [results.filter((pl.col("task") == t) & (pl.col("metric") == m)).select("variant", pl.col("value").alias(c))
-             for t, m, c in keep]
+def quality_table(results: pl.DataFrame, calib_seed: int = 0) -> pl.DataFrame:
+    """results.parquet rows -> one row per variant: method, ratio, seed, each metric and its stderr, ratios to unpruned."""
+    parts = []
+    for task, metric, col in METRICS:
+        sel = results.filter((pl.col("task") == task) & (pl.col("metric") == metric))
+        se = pl.col("stderr") if "stderr" in results.columns else pl.lit(None, dtype=pl.Float64)
+        parts.append(sel.select("variant", pl.col("value").alias(col), se.cast(pl.Float64).alias(f"{col}_se")))
     wide = parts[0]
     for p in parts[1:]:
         wide = wide.join(p, on="variant", how="full", coalesce=True)
-    meta = results.select("variant", "method", "ratio").unique("variant")
-    wide = wide.join(meta, on="variant")
+    wide = wide.join(results.select("variant", "method", "ratio").unique("variant"), on="variant")
     base = wide.filter(pl.col("variant") == "unpruned")
     if base.height != 1:
         raise SystemExit("error: the results hold no unpruned row to compare against")
-    retained = sum(pl.col(f"{t}_acc") / base[f"{t}_acc"][0] for t in ACC_TASKS) / len(ACC_TASKS)
-    ppl_ratio = pl.col("wiki_ppl") / base["wiki_ppl"][0]
     seed = pl.col("variant").str.extract(r"seed=(\d+)").cast(pl.Int64)
-    return (wide.with_columns(retained.alias("retained"), ppl_ratio.alias("ppl_ratio"), seed.alias("seed"),
+    return (wide.with_columns((pl.col("wiki_ppl") / base["wiki_ppl"][0]).alias("ppl_ratio"), seed.alias("seed"),
+                              pl.lit(calib_seed).alias("calib_seed"),
                               pl.col("method").fill_null("unpruned"), pl.col("ratio").fill_null(0.0))
-            .select("method", "ratio", "seed", "variant", "wiki_ppl", "ppl_ratio", *(f"{t}_acc" for t in ACC_TASKS),
-                    "retained")
+            .select("method", "ratio", "seed", "calib_seed", "variant", *(c for col in COLS for c in (col, f"{col}_se")),
+                    "ppl_ratio")
             .sort("ratio", "method", "seed"))
 
 
+def _agg(table: pl.DataFrame) -> pl.DataFrame:
+    """Per (method, ratio) of calibration seed 0: mean, and the spread (seeds' sd, else 1.96 x se) of each column."""
+    t = table.filter(pl.col("calib_seed") == table["calib_seed"].min())
+    return (t.group_by("method", "ratio")
+            .agg(*(pl.col(c).mean() for c in COLS), *(pl.col(c).std().alias(f"{c}_sd") for c in COLS),
+                 *(pl.col(f"{c}_se").mean() for c in COLS), pl.len().alias("runs"))
+            .sort("ratio", "kld", nulls_last=True))
+
+
+def significant(a: float, se_a: float | None, b: float, se_b: float | None) -> bool:
+    """|a - b| > 1.96 sqrt(se_a^2 + se_b^2); False when an error is unknown."""
+    if se_a is None or se_b is None:
+        return False
+    return abs(a - b) > Z95 * math.sqrt(se_a ** 2 + se_b ** 2)
+
+
 def markdown(table: pl.DataFrame) -> str:
-    """Per (method, ratio): random's seeds averaged (± their standard deviation); best perplexity first."""
-    cols = ["wiki_ppl", "ppl_ratio", *(f"{t}_acc" for t in ACC_TASKS), "retained"]
-    agg = (table.group_by("method", "ratio")
-           .agg(*(pl.col(c).mean() for c in cols), *(pl.col(c).std().alias(f"{c}_sd") for c in cols), pl.len().alias("runs"))
-           .sort("ratio", "wiki_ppl"))
-    lines = ["| removed | method | wiki ppl (held-out) | ppl / unpruned | ARC-Easy acc | PIQA acc | retained acc |",
-             "|---|---|---|---|---|---|---|"]
+    """The table (best KL first per ratio), then per ratio which methods differ significantly from the best."""
+    agg = _agg(table)
+    lines = ["| removed | method | KL to unpruned (held-out) | wiki ppl (held-out) | ARC-Easy acc | PIQA acc |",
+             "|---|---|---|---|---|---|"]
+    fmt = {"kld": ".3f", "wiki_ppl": ".1f", "arc_easy_acc": ".3f", "piqa_acc": ".3f"}
     for r in agg.iter_rows(named=True):
-        def cell(c: str, fmt: str) -> str:
-            sd = f" ± {r[c + '_sd']:{fmt}}" if r["runs"] > 1 and r[c + "_sd"] is not None else ""
-            return f"{r[c]:{fmt}}{sd}"
+        def cell(c: str) -> str:
+            if r[c] is None:
+                return ""
+            if r["runs"] > 1 and r[f"{c}_sd"] is not None:
+                return f"{r[c]:{fmt[c]}} ± {r[c + '_sd']:{fmt[c]}} (sd)"
+            return f"{r[c]:{fmt[c]}}" + (f" ± {Z95 * r[c + '_se']:{fmt[c]}}" if r[c + "_se"] is not None else "")
         name = r["method"] + (f" (mean of {r['runs']} seeds)" if r["runs"] > 1 else "")
-        lines.append(f"| {r['ratio']:.0%} | {name} | {cell('wiki_ppl', '.1f')} | {cell('ppl_ratio', '.2f')} | "
-                     f"{cell('arc_easy_acc', '.3f')} | "
-                     f"{cell('piqa_acc', '.3f')} | {cell('retained', '.1%')} |")
+        lines.append(f"| {r['ratio']:.1%} | {name} | " + " | ".join(cell(c) for c in COLS) + " |")
+    lines.append("")
+    for ratio in sorted(set(agg.filter(pl.col("ratio") > 0)["ratio"])):
+        rows = agg.filter((pl.col("ratio") == ratio) & pl.col("kld").is_not_null()).to_dicts()
+        if len(rows) < 2:
+            continue
+        best = rows[0]
+        worse = [r["method"] for r in rows[1:] if significant(r["kld"], r["kld_se"], best["kld"], best["kld_se"])]
+        lines.append(f"- {ratio:.1%}: lowest KL {best['method']}; significantly higher KL: "
+                     + (", ".join(worse) if worse else "none"))
+    spread = (table.filter(pl.col("ratio") == 0.5).group_by("method")
+              .agg(pl.col("calib_seed").n_unique().alias("seeds"), pl.col("kld").std().alias("sd"),
+                   pl.col("kld").mean().alias("mean"))
+              .filter(pl.col("seeds") > 1).sort("method"))
+    for r in spread.iter_rows(named=True):
+        lines.append(f"- calibration seed at 50%, {r['method']}: KL {r['mean']:.3f}, sd {r['sd']:.3f} over "
+                     f"{r['seeds']} seeds")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
+    from raymoe.methods import method_names
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=100, help="ARC-Easy and PIQA items (the first N of validation)")
+    ap.add_argument("--unhealed", action="store_true", help="use the unhealed testbed build")
+    ap.add_argument("--arc-items", type=int, default=570, help="ARC-Easy items (570: the whole validation split)")
+    ap.add_argument("--piqa-items", type=int, default=1100, help="PIQA items (>= 1060 gives a 95%% half-width <= 0.03)")
+    ap.add_argument("--kld-docs", type=int, default=40, help="held-out wiki articles for the KL")
     ap.add_argument("--ppl-docs", type=int, default=40, help="held-out wiki articles for perplexity")
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.625])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random baseline")
+    ap.add_argument("--calib-seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds (first: full grid)")
     ap.add_argument("--samples", type=int, default=64, help="calibration windows")
     ap.add_argument("--seq-len", type=int, default=256, help="calibration window length")
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--dry-run", action="store_true", help="print the sweeps and run nothing")
     ap.add_argument("--out", type=Path, default=Path("results/quality"))
     args = ap.parse_args()
-    if args.items < 1 or args.ppl_docs < 1:
-        print("error: --items and --ppl-docs must be positive", file=sys.stderr)
+    if min(args.arc_items, args.piqa_items, args.kld_docs, args.ppl_docs, args.samples) < 1:
+        print("error: --arc-items, --piqa-items, --kld-docs, --ppl-docs and --samples must be positive", file=sys.stderr)
         return 2
-    from raymoe.sweep.runner import run_sweep
     from raymoe.io import atomic_write_parquet, atomic_write_text
+    from raymoe.sweep.runner import run_sweep
 
     t0 = time.perf_counter()
-    run_dir = run_sweep(sweep_spec(args))
-    table = quality_table(pl.read_parquet(run_dir / "results.parquet"))
+    first, *more = args.calib_seeds
+    spec = sweep_spec(args, methods=method_names(), ratios=args.ratios, calib_seed=first, out=args.out)
+    if args.dry_run:
+        extra = len(SEED_METHODS) + 2
+        print(f"{spec.name}: {len(spec.methods)} methods x {len(spec.ratios)} ratios (random x {len(args.seeds)}), "
+              f"calibration seed {first}; then {len(more)} sweeps of {extra} methods at 50%")
+        return 0
+    run_dir = run_sweep(spec)
+    tables = [quality_table(pl.read_parquet(run_dir / "results.parquet"), first)]
+    at_half = tables[0].filter((pl.col("ratio") == 0.5) & ~pl.col("method").is_in([*SEED_METHODS, "random"]))
+    peers = at_half.sort("kld")["method"].head(2).to_list()
+    for cs in more:
+        out = args.out.with_name(f"{args.out.name}-calib{cs}")
+        d = run_sweep(sweep_spec(args, methods=[*SEED_METHODS, *peers], ratios=[0.5], calib_seed=cs, out=out))
+        tables.append(quality_table(pl.read_parquet(d / "results.parquet"), cs))
+    table = pl.concat(tables)
     atomic_write_parquet(run_dir / "quality.parquet", table)
-    md = (f"Testbed quality: ARC-Easy/PIQA first {args.items} items, held-out wiki {args.ppl_docs} articles, "
-          f"calibration wiki_calib {args.samples}x{args.seq_len}; this invocation took {time.perf_counter() - t0:.0f} s "
-          "(a resumed sweep counts only the steps it ran).\n\n"
+    md = (f"Testbed quality ({'unhealed' if args.unhealed else 'healed'}): KL on {args.kld_docs} and perplexity on "
+          f"{args.ppl_docs} held-out wiki articles, ARC-Easy {args.arc_items} and PIQA {args.piqa_items} items, "
+          f"calibration wiki_calib {args.samples}x{args.seq_len} (seeds {args.calib_seeds}; peers varied: {peers}); "
+          f"this invocation took {time.perf_counter() - t0:.0f} s (a resumed sweep counts only the steps it ran).\n\n"
           + markdown(table))
     atomic_write_text(run_dir / "quality.md", md)
     print(md)
