@@ -43,59 +43,67 @@ AlignBasis = Literal["activations", "weights", "none"]
 _ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
-def neuron_activations(weights, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
-    """h_e(x) = act(x G^T) * (x U^T) on inputs x [T, H] -> [T, I] (float64)."""
-    g, u, _ = (w.double() for w in weights.expert(layer, expert))  # [I, H], [I, H], [H, I]
+def _stack(weights, layer: int, experts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate [n, I, H], up [n, I, H], down [n, H, I]) of the listed experts, float32."""
+    g, u, d = zip(*(weights.expert(layer, e) for e in experts))
+    return torch.stack(g).float(), torch.stack(u).float(), torch.stack(d).float()
+
+
+def neuron_activations(weights, layer: int, experts: list[int], x: torch.Tensor, stacked=None) -> torch.Tensor:
+    """h_e(x) = act(x G_e^T) * (x U_e^T) on inputs x [T, H] -> [n, T, I] for the listed experts."""
+    g, u, _ = stacked or _stack(weights, layer, experts)
     act = _ACT[weights.spec.config.get("hidden_act", "silu")]
-    xd = x.double()
-    return act(xd @ g.T) * (xd @ u.T)  # [T, I]
+    xf = x.float()
+    return act(torch.einsum("th,nih->nti", xf, g)) * torch.einsum("th,nih->nti", xf, u)  # [n, T, I]
 
 
-def weight_features(weights, layer: int, expert: int) -> torch.Tensor:
-    """Per neuron i, its weights [G_i, U_i, D_:,i] -> [I, 3H] (float64)."""
-    g, u, d = (w.double() for w in weights.expert(layer, expert))
-    return torch.cat([g, u, d.T], dim=1)  # [I, 3H]
+def weight_features(weights, layer: int, experts: list[int], stacked=None) -> torch.Tensor:
+    """Per expert and neuron i, the weights [G_i, U_i, D_:,i] -> [n, I, 3H]."""
+    g, u, d = stacked or _stack(weights, layer, experts)
+    return torch.cat([g, u, d.transpose(1, 2)], dim=2)  # [n, I, 3H]
+
+
+def _unit_columns(z: torch.Tensor) -> torch.Tensor:
+    """Columns of z [..., T, I] centred and scaled to norm 1 (constant columns: 0)."""
+    z = z - z.mean(-2, keepdim=True)
+    norm = z.norm(dim=-2, keepdim=True)
+    scale = z.abs().amax(dim=(-2, -1), keepdim=True)
+    return torch.where(norm > 1e-6 * (scale + 1e-30), z / norm.clamp_min(1e-30), torch.zeros_like(z))
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of the columns of a [T, I] and b [T, J] -> [I, J] (0 for constant columns)."""
-    def unit(z: torch.Tensor) -> torch.Tensor:
-        z = z - z.mean(0, keepdim=True)
-        norm = z.norm(dim=0, keepdim=True)
-        return torch.where(norm > 1e-12 * (1 + z.abs().max()), z / norm.clamp_min(1e-300), torch.zeros_like(z))
-
-    return unit(a).T @ unit(b)  # [I, J]
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T  # [I, J]
+    return _unit_columns(a).T @ _unit_columns(b)  # [I, J]
 
 
 def match(sim: torch.Tensor) -> np.ndarray:
     """The permutation pi [I] maximising sum_i sim[i, pi(i)] (rows: target neurons, columns: member's)."""
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(sim.numpy(), maximize=True)
+    rows, cols = linear_sum_assignment(sim.double().numpy(), maximize=True)
     pi = np.empty(len(rows), dtype=np.int64)
     pi[rows] = cols
     return pi
 
 
 def align_groups(weights, layer: int, groups: list[MergeGroup], x: torch.Tensor | None) -> dict[int, np.ndarray]:
-    """member -> pi for every merged-away member of one layer's groups (x: probe inputs [T, H] or None)."""
-    out: dict[int, np.ndarray] = {}
-    for g in groups:
-        others = [m for m in g.members if m != g.target]
-        if not others:
-            continue
-        wt = weight_features(weights, layer, g.target)  # [I, 3H]
-        ht = None if x is None else neuron_activations(weights, layer, g.target, x)  # [T, I]
-        for m in others:
-            sim = _cosine(wt, weight_features(weights, layer, m))  # [I, I]
-            if ht is not None:
-                sim = correlation(ht, neuron_activations(weights, layer, m, x)) + 1e-6 * sim
-            out[m] = match(sim)
-    return out
+    """member -> pi for every merged-away member of one layer's groups (x: probe inputs [T, H] or None).
+
+    The layer's experts in merge groups are read once and stacked; similarities are batched."""
+    pairs = [(g.target, m) for g in groups for m in g.members if m != g.target]  # (target, member)
+    if not pairs:
+        return {}
+    experts = sorted({e for pair in pairs for e in pair})
+    row = {e: i for i, e in enumerate(experts)}
+    t_idx = torch.tensor([row[t] for t, _ in pairs])
+    m_idx = torch.tensor([row[m] for _, m in pairs])
+    stacked = _stack(weights, layer, experts)
+    w = F.normalize(weight_features(weights, layer, experts, stacked), dim=2)  # [n, I, 3H]
+    sim = torch.bmm(w[t_idx], w[m_idx].transpose(1, 2))  # [p, I, I] cosine
+    if x is not None:
+        h = _unit_columns(neuron_activations(weights, layer, experts, x, stacked))  # [n, T, I]
+        sim = torch.bmm(h[t_idx].transpose(1, 2), h[m_idx]) + 1e-6 * sim  # [p, I, I] correlation
+    return {m: match(sim[k]) for k, (_, m) in enumerate(pairs)}
 
 
 def alignment_for(stats: CalibStats, weights, merges: Mapping[int, list[MergeGroup]], basis: AlignBasis,
