@@ -99,3 +99,78 @@ def test_load_reports_invalid_json(tmp_path):
     (tmp_path / "p.json").write_text("{not json")
     with pytest.raises(PlanError, match="invalid JSON"):
         PrunePlan.load(tmp_path / "p.json")
+
+
+# ---- neuron permutations (issue 14): a sidecar safetensors file named in plan.json ---------------------
+def aligned_plan(width=16, seed=0):
+    import numpy as np
+
+    from raymoe.plan.alignment import Alignment
+
+    perm = np.random.default_rng(seed).permutation(width)
+    a = Alignment.from_permutations({0: {5: perm}}, width, "weights")
+    return plan([LayerPlan(layer=0, num_experts=8, keep=[3, 1, 2],
+                           merges=[MergeGroup(target=3, members=[3, 5], weights=[0.75, 0.25])])]), a, perm
+
+
+def test_alignment_roundtrip_through_a_sidecar(tmp_path):
+    import json
+
+    import numpy as np
+
+    p, a, perm = aligned_plan()
+    p.alignment = a
+    p.save(tmp_path / "plan.json")
+    raw = json.loads((tmp_path / "plan.json").read_text())
+    assert raw["alignment"]["file"] == "plan.align.safetensors" and "data" not in raw["alignment"]
+    assert (tmp_path / "plan.align.safetensors").is_file()
+    q = PrunePlan.load(tmp_path / "plan.json")
+    assert q == p and np.array_equal(q.permutations()[0][5], perm)
+    again = PrunePlan.model_validate(p.model_dump(mode="json"))  # what the planner actor sends through Ray
+    assert np.array_equal(again.permutations()[0][5], perm)
+
+
+def test_alignment_sidecar_missing_or_changed(tmp_path):
+    p, a, _ = aligned_plan()
+    p.alignment = a
+    p.save(tmp_path / "plan.json")
+    other = aligned_plan(seed=1)[1]
+    (tmp_path / "plan.align.safetensors").write_bytes(__import__("base64").b64decode(other.data))
+    with pytest.raises(PlanError, match="SHA-256 does not match"):
+        PrunePlan.load(tmp_path / "plan.json")
+    (tmp_path / "plan.align.safetensors").unlink()
+    with pytest.raises(PlanError, match="names the permutation file plan.align.safetensors, which does not exist"):
+        PrunePlan.load(tmp_path / "plan.json")
+
+
+def test_alignment_must_match_width_and_merges(tiny_model):
+    from raymoe.plan.alignment import Alignment
+
+    spec = MoeModelSpec.from_pretrained(tiny_model("mixtral"))
+    p, a, _ = aligned_plan(width=spec.expert_intermediate + 1)
+    p.alignment = a
+    with pytest.raises(PlanError, match=rf"over {spec.expert_intermediate + 1} neurons, but the model's routed "
+                                        rf"experts have {spec.expert_intermediate}"):
+        p.validate_for(spec)
+    import numpy as np
+
+    p.alignment = Alignment.from_permutations({0: {6: np.arange(spec.expert_intermediate)}},
+                                              spec.expert_intermediate, "weights")
+    with pytest.raises(PlanError, match=r"layer 0: plan.align.safetensors permutes experts \[6\], but the plan "
+                                        r"merges away \[5\]"):
+        p.validate_for(spec)
+    with pytest.raises(ValueError, match="not a permutation"):
+        Alignment.from_permutations({0: {5: np.zeros(4, dtype=int)}}, 4, "weights")
+
+
+def test_merge_groups_may_not_cross_original_groups(tiny_model):
+    spec = MoeModelSpec.from_pretrained(tiny_model("deepseek_v3"))
+    ok = MergeGroup(target=1, members=[1, 2], weights=[0.5, 0.5])
+    plan([LayerPlan(layer=l, num_experts=8, keep=[0, 1, 4, 5], merges=[ok]) for l in spec.moe_layers],
+         "deepseek_v3").validate_for(spec)
+    bad = MergeGroup(target=1, members=[1, 6], weights=[0.5, 0.5])
+    p = plan([LayerPlan(layer=l, num_experts=8, keep=[0, 1, 4, 5], merges=[bad]) for l in spec.moe_layers],
+             "deepseek_v3")
+    with pytest.raises(PlanError, match=r"merge group of target 1 has members \[1, 6\] from original groups "
+                                        r"\[0, 1\] \(n_group=2\)"):
+        p.validate_for(spec)
