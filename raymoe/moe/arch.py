@@ -36,6 +36,19 @@ def _deepseek_moe_layers(cfg: Config) -> list[int]:
     return list(range(first_dense, cfg["num_hidden_layers"]))
 
 
+def _deepseek_v2_serving(cfg: Config) -> Config:
+    """Plain greedy top-k ignores groups in transformers; vLLM routes by n_group whenever it is set."""
+    if cfg.get("topk_method") == "group_limited_greedy":
+        return {}
+    return {"n_group": 1, "topk_group": 1}
+
+
+def _deepseek_v3_serving(cfg: Config) -> Config:
+    """transformers' DeepSeek-V3 always scores by sigmoid with a correction bias (noaux_tc); vLLM reads both
+    from config.json (without `topk_method: noaux_tc` it creates no e_score_correction_bias and cannot load)."""
+    return {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}
+
+
 @dataclass(frozen=True)
 class MoeArch:
     """Facts about one MoE family as transformers 5.x defines it."""
@@ -53,6 +66,11 @@ class MoeArch:
     scoring: Literal["softmax", "sigmoid"] = "softmax"
     correction_bias: str | None = None  # router buffer added for choice only (DeepSeek-V3)
     group_limited: bool = False  # experts split into n_group groups for routing
+    serving_keys: Callable[[Config], Config] | None = None  # config keys implied by the family, for vLLM
+
+    def implied_config(self, cfg: Config) -> Config:
+        """Config keys the family implies and vLLM needs explicitly (written into exported configs)."""
+        return self.serving_keys(cfg) if self.serving_keys else {}
 
     @property
     def variable_model_type(self) -> str:
@@ -135,6 +153,7 @@ ARCHS: dict[str, MoeArch] = {
             disk_proj=_STD_PROJ,
             intermediate_key="moe_intermediate_size",
             shared_prefixes=("shared_experts",),
+            serving_keys=_deepseek_v2_serving,
         ),
         MoeArch(
             family="deepseek_v3",
@@ -150,6 +169,7 @@ ARCHS: dict[str, MoeArch] = {
             scoring="sigmoid",
             correction_bias="e_score_correction_bias",
             group_limited=True,
+            serving_keys=_deepseek_v3_serving,
         ),
     )
 }

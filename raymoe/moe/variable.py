@@ -24,11 +24,17 @@ VARIABLE_CLASSES: dict[str, tuple[type, type]] = {}
 
 
 def stock_config_dict(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The stock family's config dict for a (possibly variable-expert) config dict."""
+    """The stock family's config dict for a (possibly variable-expert) config dict.
+
+    It also carries the keys the family implies and vLLM needs spelled out
+    (`MoeArch.implied_config`, e.g. DeepSeek-V3's `topk_method: noaux_tc`), so
+    every exported checkpoint, uniform or not, loads in vLLM.
+    """
     from raymoe.moe.arch import arch_for_config
 
     arch = arch_for_config(cfg)
     out = {k: v for k, v in cfg.items() if k != RAYMOE_COUNTS_KEY}
+    out.update(arch.implied_config(cfg))
     out["model_type"] = arch.family
     out["architectures"] = [arch.causal_lm]
     return out

@@ -54,7 +54,8 @@ def layer_vllm_config(vllm_config: Any, count_key: str, prefix: str) -> Any:
     return out
 
 
-def set_moe_metadata(model: Any, blocks: list[Any], vllm_config: Any) -> None:
+def set_moe_metadata(model: Any, blocks: list[Any], enable_eplb: bool, *, expert_groups: int = 1,
+                     shared_experts: int = 0) -> None:
     """Fill vLLM's MixtureOfExperts attributes from the model's MoE blocks.
 
     The model reports the largest block as its expert count (what sizing code
@@ -64,14 +65,14 @@ def set_moe_metadata(model: Any, blocks: list[Any], vllm_config: Any) -> None:
     if not blocks:
         raise RuntimeError("no MoE layer found in model.layers")
     counts = sorted({b.n_routed_experts for b in blocks})
-    if len(counts) > 1 and vllm_config.parallel_config.enable_eplb:
+    if len(counts) > 1 and enable_eplb:
         raise ValueError(f"EPLB is not supported on checkpoints with per-layer expert counts {counts}; "
                          "start vLLM without enable_eplb")
     largest = max(blocks, key=lambda b: b.n_routed_experts)
     model.moe_layers = [b.experts for b in blocks]
     model.num_moe_layers = len(blocks)
-    model.num_expert_groups = 1
-    model.num_shared_experts = 0
+    model.num_expert_groups = expert_groups
+    model.num_shared_experts = shared_experts
     model.num_logical_experts = largest.n_logical_experts
     model.num_physical_experts = largest.n_physical_experts
     model.num_local_physical_experts = largest.n_local_physical_experts
@@ -79,12 +80,13 @@ def set_moe_metadata(model: Any, blocks: list[Any], vllm_config: Any) -> None:
     model.num_redundant_experts = largest.n_redundant_experts
 
 
-def init_causal_lm(lm: Any, vllm_config: Any, prefix: str, model_cls: type, moe_block: str,
-                   moe_cls: type) -> None:
+def init_causal_lm(lm: Any, vllm_config: Any, prefix: str, model_cls: type, moe_block: str | None = None,
+                   moe_cls: type | None = None) -> None:
     """The ForCausalLM body around `model_cls`: backbone, LM head, logits processor, MoE metadata.
 
     `moe_block` is the decoder layer's attribute holding the sparse MoE block
-    (an instance of `moe_cls` on MoE layers).
+    (an instance of `moe_cls` on MoE layers); without it no MoE metadata is set
+    (families whose stock vLLM class is no `MixtureOfExperts`: Qwen2-MoE, OLMoE).
     """
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
@@ -100,6 +102,8 @@ def init_causal_lm(lm: Any, vllm_config: Any, prefix: str, model_cls: type, moe_
         lm.lm_head = lm.lm_head.tie_weights(lm.model.embed_tokens)
     lm.logits_processor = LogitsProcessor(config.vocab_size)
     lm.make_empty_intermediate_tensors = lm.model.make_empty_intermediate_tensors
+    if moe_cls is None:
+        return
     blocks = [getattr(layer, moe_block) for layer in lm.model.layers
               if not isinstance(layer, PPMissingLayer) and isinstance(getattr(layer, moe_block, None), moe_cls)]
-    set_moe_metadata(lm, blocks, vllm_config)
+    set_moe_metadata(lm, blocks, vllm_config.parallel_config.enable_eplb)
