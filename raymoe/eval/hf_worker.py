@@ -2,7 +2,9 @@
 
 The model is loaded in memory (`AutoModelForCausalLM`, so raymoe's
 variable-expert classes load non-uniform checkpoints) and handed to lm-eval's
-`HFLM(pretrained=model)`, which works offline.
+`HFLM(pretrained=model)`, which works offline. With `scoring="shared"` (the
+default) the LM is `SharedContextHFLM` (raymoe.eval.lm_hf: one forward per
+context for all its continuations); `scoring="stock"` keeps lm-eval's HFLM.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ def load_hf(path: str, opts: EngineOptions) -> HFEngine:
     import transformers
     from lm_eval.models.huggingface import HFLM
 
+    from raymoe.eval.lm_hf import SharedContextHFLM
+
     torch.manual_seed(opts.seed)
     model, tok = load_transformers(path, opts.dtype)
-    lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
+    kw = dict(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
               max_length=scoring_length(int(getattr(model.config, "max_position_embeddings", 2048)), opts))
+    lm = SharedContextHFLM(**kw, token_budget=opts.score_tokens) if opts.scoring == "shared" else HFLM(**kw)
     return HFEngine(lm, f"transformers {transformers.__version__}")
 
 
@@ -52,5 +57,7 @@ class HFWorker:
     def evaluate(self, path: str, task: TaskRequest) -> dict:
         return self.host.evaluate(path, task)
 
-    def loglikelihood_throughput(self, path: str, task: TaskRequest) -> dict:
-        return self.host.loglikelihood_throughput(path, task)
+    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1) -> dict:
+        import torch
+
+        return {**self.host.loglikelihood_throughput(path, task, repeats), "threads": torch.get_num_threads()}

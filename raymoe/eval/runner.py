@@ -153,18 +153,27 @@ class EngineHost:
         rows = fidelity_rows(task.name, per_doc, iters=self.bootstrap_iters or 1000, seed=self.seed)
         return rows, f"transformers {transformers.__version__}"
 
-    def loglikelihood_throughput(self, path: str, task: TaskRequest) -> dict:
-        """Time the engine on a task's loglikelihood requests alone: {requests, seconds, per_s}."""
+    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1) -> dict:
+        """Time the engine on a task's loglikelihood (or rolling) requests alone.
+
+        {requests, seconds (best of `repeats`), per_s, kind, results: the scores, version, load_s}.
+        """
         engine = self.engine_for(path)
         tm = self.task_manager(task.name)
         task_obj = next(iter(tm.load([task.name])["tasks"].values()))
         task_obj.build_all_requests(limit=task.limit, rank=0, world_size=1)
-        reqs = [r for r in task_obj.instances if r.request_type == "loglikelihood"]
-        if not reqs:
+        kinds = {r.request_type for r in task_obj.instances}
+        kind = next((k for k in ("loglikelihood", "loglikelihood_rolling") if k in kinds), None)
+        if kind is None:
             raise RuntimeError(f"task {task.name} has no loglikelihood requests")
-        engine.lm.loglikelihood(reqs[: min(8, len(reqs))], disable_tqdm=True)  # warm-up
-        t0 = time.perf_counter()
-        engine.lm.loglikelihood(reqs, disable_tqdm=True)
-        dt = time.perf_counter() - t0
-        return {"requests": len(reqs), "seconds": dt, "per_s": len(reqs) / dt, "version": engine.version,
-                "load_s": self.load_s}
+        reqs = [r for r in task_obj.instances if r.request_type == kind]
+        run = engine.lm.loglikelihood if kind == "loglikelihood" else engine.lm.loglikelihood_rolling
+        run(reqs[: min(8 if kind == "loglikelihood" else 1, len(reqs))], disable_tqdm=True)  # warm-up
+        best, out = float("inf"), None
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            out = run(reqs, disable_tqdm=True)
+            best = min(best, time.perf_counter() - t0)
+        scores = [float(x[0]) if isinstance(x, tuple) else float(x) for x in out]
+        return {"requests": len(reqs), "seconds": best, "per_s": len(reqs) / best, "kind": kind,
+                "results": scores, "version": engine.version, "load_s": self.load_s}

@@ -84,8 +84,10 @@ class VLLMWorker:
     def evaluate(self, path: str, task: TaskRequest) -> dict:
         return self.host.evaluate(path, task)
 
-    def loglikelihood_throughput(self, path: str, task: TaskRequest) -> dict:
-        return self.host.loglikelihood_throughput(path, task)
+    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1) -> dict:
+        import torch
+
+        return {**self.host.loglikelihood_throughput(path, task, repeats), "threads": torch.get_num_threads()}
 
     def greedy_and_logprobs(self, path: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
         """Greedy continuations and per-position prompt logprobs (for checks against transformers)."""
