@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--engines", default="hf-stock,hf-shared")
     ap.add_argument("--cpus", type=float, default=1, help="num_cpus of each worker actor (Ray sets its threads)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--evaluate", action="store_true",
+                    help="also time each task's full lm-eval run (what a fleet job does: requests, metrics, stderr)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--vllm-python", type=Path, default=None)
     args = ap.parse_args()
@@ -80,6 +82,9 @@ def main() -> int:
                 f"bench-{e}", opts[e])
             results[e] = {str(t): ray.get(worker.loglikelihood_throughput.remote(str(model.resolve()), t,
                                                                                  args.repeats)) for t in tasks}
+            if args.evaluate:
+                results[e]["_evaluate"] = {str(t): ray.get(worker.evaluate.remote(str(model.resolve()), t))["wall_s"]
+                                           for t in tasks}
             results[e]["_total_s"] = time.perf_counter() - t0
             ray.kill(worker)
             print(f"{e}: done in {results[e]['_total_s']:.1f} s", file=sys.stderr, flush=True)
@@ -103,6 +108,12 @@ def main() -> int:
         print(f"{e:12s} {'ALL TASKS':24s} {'scoring time':22s} {'':5s} {scored:8.2f} {'':8s} "
               f"{scored_base / scored:7.2f}   ({first['version']}, engine load {first['load_s']:.1f} s, "
               f"{first.get('threads')} threads, actor total {results[e]['_total_s']:.1f} s)")
+    if args.evaluate:
+        print("full lm-eval task runs (EngineHost.evaluate wall seconds; x base = baseline / engine):")
+        for e in engines:
+            ev, evb = results[e]["_evaluate"], results[base]["_evaluate"]
+            cells = "  ".join(f"{t}: {ev[t]:.1f} s ({evb[t] / ev[t]:.2f}x)" for t in ev)
+            print(f"{e:12s} {cells}  total {sum(ev.values()):.1f} s ({sum(evb.values()) / sum(ev.values()):.2f}x)")
     return 0
 
 

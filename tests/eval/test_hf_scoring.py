@@ -146,3 +146,28 @@ def test_pack_groups_truncates_groups_and_limits_rows():
     assert len(pack_groups(reqs, max_length=4, share=False)) == 4
     with pytest.raises(ValueError, match="continuation"):
         pack_groups([(None, [1], [2] * 5)], max_length=4)
+
+
+@pytest.mark.parametrize("task", ["arc_easy:12", "wiki_heldout_ppl:3"])
+def test_engine_option_selects_path_and_tasks_agree(task, tmp_path):
+    """The `scoring` engine option picks the LM class; a real lm-eval task gives the same metrics on both."""
+    from lm_eval.models.huggingface import HFLM
+
+    from raymoe.eval.hf_worker import load_hf
+    from raymoe.eval.options import EngineOptions
+    from raymoe.eval.runner import EngineHost
+    from raymoe.eval.tasks import parse_tasks
+    from raymoe.testing import build_tiny_model
+
+    path = str(build_tiny_model("qwen2_moe", tmp_path / "m"))
+    [req] = parse_tasks(task)
+    rows = {}
+    for scoring in ("stock", "shared"):
+        opts = EngineOptions(scoring=scoring, bootstrap_iters=0)
+        host = EngineHost(f"t-{scoring}", "hf", lambda p, o=opts: load_hf(p, o))
+        rows[scoring] = {r["metric"]: r["value"] for r in host.evaluate(path, req)["rows"]}
+        assert (type(host.engine.lm) is HFLM) == (scoring == "stock")
+        assert isinstance(host.engine.lm, SharedContextHFLM) == (scoring == "shared")
+    assert rows["stock"].keys() == rows["shared"].keys() and rows["stock"]
+    for metric, value in rows["stock"].items():
+        assert abs(rows["shared"][metric] - value) <= 1e-5 * max(1.0, abs(value)), metric
