@@ -28,10 +28,13 @@ def test_local_cpus_policy():
 
 
 def test_local_start_on_loopback_with_requested_resources(monkeypatch):
+    """No address: a new local Ray, even while another Ray runs on the machine (plain ray.init() would join it)."""
     import ray
+    from ray.cluster_utils import Cluster
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert not ray.is_initialized()
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
     try:
         assert ensure_ray(RayResources(num_cpus=3, num_gpus=2)) == "local"
         [node] = alive_nodes()
@@ -46,6 +49,7 @@ def test_local_start_on_loopback_with_requested_resources(monkeypatch):
         assert "\n" not in msg and "3 GPU" in msg and "at most 3 CPU, 2 GPU per node, 1 node" in msg, msg
     finally:
         ray.shutdown()
+        other.shutdown()
 
 
 def test_joins_ray_address_and_explicit_address_wins(monkeypatch):
