@@ -122,7 +122,8 @@ def main() -> None:
     print(f"cluster: {args.nodes} nodes x {args.workers_per_node} CPUs, up in {time.perf_counter() - t:.0f} s; "
           f"{args.variants} variants x {args.tasks} tasks, job cost U[{TASK_S[0]:g}, {TASK_S[1]:g}] s / {args.scale:g}, "
           f"loads {', '.join(f'{k} {v:g} s' for k, v in LOAD_S.items())} / {args.scale:g}")
-    runs = [(e, False) for e in args.engines.split(",") if e] + ([(args.kill_engine, True)] if args.kill_engine else [])
+    runs = [(e, False) for e in args.engines.split(",") if e]
+    runs += [(args.kill_engine, True)] if args.kill_engine else []
     try:
         results = [run_once(args, e, costs, kill) for e, kill in runs]
     finally:

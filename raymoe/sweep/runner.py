@@ -214,9 +214,10 @@ def _start(spec: SweepSpec):
 
     res, opts, cfg = spec.resources, fleet_options(spec), calib_config(spec)
     check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work
-    calib_cpus = 0 if cfg.local else (cfg.stages or 1) * cfg.replicas * cfg.num_cpus  # stages from a memory budget: 1 here
+    # CPUs of the stage actors (stages from a memory budget count as 1 here), or of the workers + the planner
+    calib_cpus = 0 if cfg.local else (cfg.stages or 1) * cfg.replicas * cfg.num_cpus
     ensure_ray(RayResources(address=res.address, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                            min_cpus=max(calib_cpus, opts.workers * opts.num_cpus + 1)))  # + the planner
+                            min_cpus=max(calib_cpus, opts.workers * opts.num_cpus + 1)))
     check_fits({"CPU": opts.num_cpus, "GPU": res.worker_gpus}, what="an eval worker (resources.worker_gpus)")
     if not cfg.local:
         check_fits({"CPU": cfg.num_cpus, "GPU": res.stage_gpus}, what="a calibration stage (resources.stage_gpus)")

@@ -15,8 +15,10 @@ ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_C
                     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": ""}
 
 
-@pytest.mark.parametrize("key,what", [("worker_gpus: 2", "an eval worker (resources.worker_gpus) asks for 1 CPU, 2 GPU"),
-                                      ("stage_gpus: 1", "a calibration stage (resources.stage_gpus) asks for 1 CPU, 1 GPU")])
+@pytest.mark.parametrize("key,what", [
+    ("worker_gpus: 2", "an eval worker (resources.worker_gpus) asks for 1 CPU, 2 GPU"),
+    ("stage_gpus: 1", "a calibration stage (resources.stage_gpus) asks for 1 CPU, 1 GPU"),
+])
 def test_more_gpus_than_a_node_has_fails_before_any_work(tiny_model, tmp_path, key, what):
     out = tmp_path / "runs" / "gpus"
     (tmp_path / "spec.yaml").write_text(textwrap.dedent(f"""\
