@@ -25,7 +25,7 @@ def ray3():
 
     from raymoe.ray_cluster import RayResources, ensure_ray
 
-    ensure_ray(RayResources(num_cpus=4))
+    ensure_ray(RayResources(num_cpus=4, num_gpus=0))
     yield
     ray.shutdown()
 
@@ -124,3 +124,14 @@ def test_killed_worker_pair_rerun_and_replacement_joins(ray3, tmp_path):
     joined = min(c.started for c in done if c.worker == "sleep-2")  # the replacement took pairs
     survivor = {"sleep-0", "sleep-1"} - {victim}
     assert any(c.worker in survivor and t_kill < c.finished < joined for c in done)  # no one waited for it
+
+
+def test_worker_needing_more_gpus_than_any_node_fails_before_starting(ray3, vllm_python):
+    from raymoe.eval.options import EngineOptions
+    from raymoe.ray_cluster import ResourceError
+
+    fleet = EvalFleet(FleetOptions(backend="vllm", workers=2,
+                                   engine=EngineOptions(gpus=True, tensor_parallel_size=2, vllm_python=vllm_python)))
+    with pytest.raises(ResourceError, match=r"an eval worker \(vllm\) asks for 1 CPU, 2 GPU each.*0 GPU per node"):
+        fleet.start()
+    assert fleet.worker_starts == 0 and not fleet.workers
