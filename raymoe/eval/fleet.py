@@ -12,8 +12,10 @@ Scheduling: a free worker takes the oldest pending pair of the variant it holds 
 else the oldest pair of a variant no other worker is running or holds, else the oldest pair of a
 variant no busy worker runs, else the oldest pair. So with more workers than tasks per variant, the
 workers spread over the variants available (pairs of different variants run at once), and each
-worker keeps its variant while it has pairs left. Workers start on the first pair submitted
-(all at once) and replacements start in the background while the others keep working.
+worker keeps its variant while it has pairs left. No worker idles while a pair is pending (engine
+reuse orders the pending pairs; it never holds one back). Workers start on the first pair submitted
+(all at once, after `ensure_ray` and a check that one worker fits some node) and replacements start
+in the background while the others keep working.
 
 Faults: when a worker dies (`RayActorError` on its in-flight call: killed process, lost node), its
 pair goes back to the front of the queue with attempt + 1 (at most `max_attempts`) and runs on
