@@ -196,3 +196,17 @@ def test_merged_checkpoints_of_every_family_load_and_match_the_reference(traced,
             got, expected = model(ids).logits, ref(ids).logits
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_prune_cli_writes_the_sidecar_with_the_checkpoint(traced, tmp_path, capsys):
+    from raymoe.cli import main
+    from raymoe.store import save_stats
+
+    stats, _, _ = traced("mixtral")
+    store = save_stats(stats, tmp_path / "stats")
+    out = tmp_path / "variant"
+    assert main(["prune", str(store), "--method", "m-smoe", "--ratio", "0.5", "--option", "align=weights",
+                 "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    plan = PrunePlan.load(out / "plan.json")
+    assert (out / "plan.align.safetensors").is_file() and plan.alignment.basis == "weights"
+    assert {l: sorted(p) for l, p in plan.permutations().items()} == plan.merged_members()
