@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--save-at", type=int, nargs="*", default=[])
     ap.add_argument("--save-dir", type=Path, default=Path("results/heal"))
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop after this much distillation time (the curve ends there; the student is saved)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -72,11 +74,15 @@ def main() -> None:
     if 0 in args.eval_at:
         measure(0)
 
-    def on_step(done: int, total: int) -> None:
-        if done in eval_steps:
-            measure(done * per_step)
-        if done in save_steps:
-            out = args.save_dir / f"healed-{done * per_step}"
+    class _Stop(Exception):
+        pass
+
+    t_start, paused = time.monotonic(), [0.0]
+    state = {"done": 0}
+
+    def save(done: int) -> None:
+        out = args.save_dir / f"healed-{done * per_step}"
+        if not out.exists():
             student.save_pretrained(out)
             tok.save_pretrained(out)
             cfg_heal = {**manifest, "heal": {"tokens": done * per_step, "bench": True}}
@@ -84,7 +90,26 @@ def main() -> None:
             (out / "testbed.json").write_text(json.dumps(cfg_heal, indent=2))
             print(f"saved {out}", flush=True)
 
-    info = distill(student, teacher, windows, cfg, progress=False, on_step=on_step)
+    def on_step(done: int, total: int) -> None:
+        t0 = time.monotonic()
+        state["done"] = done
+        if done in eval_steps:
+            measure(done * per_step)
+        if done in save_steps:
+            save(done)
+        paused[0] += time.monotonic() - t0
+        if args.max_seconds and time.monotonic() - t_start - paused[0] > args.max_seconds and done < total:
+            raise _Stop()
+
+    try:
+        info = distill(student, teacher, windows, cfg, progress=False, on_step=on_step)
+    except _Stop:
+        done = state["done"]
+        print(f"stopped by --max-seconds after {done} of {steps} steps", flush=True)
+        measure(done * per_step)
+        save(done)
+        info = {"steps": done, "seconds": round(time.monotonic() - t_start - paused[0], 1), "train_kl": []}
+        info["tokens_per_s"] = round(done * per_step / info["seconds"], 1)
     summary = {"options": cfg.model_dump(), "dense_ppl": round(dense_ppl, 3), "steps": info["steps"],
                "distill_seconds": info["seconds"], "tokens_per_s": info["tokens_per_s"], "curve": curve,
                "train_kl": info["train_kl"]}
