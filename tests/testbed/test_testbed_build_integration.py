@@ -51,3 +51,24 @@ def test_small_testbed_builds_loads_routes_and_caches(tmp_path, capsys):
     assert time.monotonic() - start < 10
     assert "cached" in capsys.readouterr().out
     assert weights.stat().st_mtime_ns == stamp  # not rewritten
+
+
+def test_small_healed_testbed_lowers_kl_to_dense_and_caches(tmp_path, capsys):
+    """Real SmolLM2 layers (2 of 30): healing by distillation lowers the held-out KL to the dense model."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "healed"
+    heal = ["--heal-tokens", "4096", "--heal-seq-len", "128", "--heal-lr", "1e-3"]
+    assert main(["testbed", "--out", str(out), *ARGS, *heal]) == 0
+    m = read_manifest(out)
+    h = m["heal"]
+    assert m["options"]["heal"]["tokens"] == 4096 and h["steps"] == 8 and len(h["train_kl"]) == 8
+    assert h["kl_after"] < 0.9 * h["kl_before"], h  # seeded: 0.82 -> 0.60
+    assert m["metrics"]["moe_ppl"] == h["ppl_after"] and h["ppl_after"] < h["ppl_before"]
+    assert 1.0 < h["load_max_over_mean_after"] < 8.0  # still routed, still imbalanced
+    model = AutoModelForCausalLM.from_pretrained(out)  # what was trained is what loads
+    assert model.config.num_experts_per_tok == 2
+    capsys.readouterr()
+    start = time.monotonic()
+    assert main(["testbed", "--out", str(out), *ARGS, *heal]) == 0
+    assert time.monotonic() - start < 10 and "cached" in capsys.readouterr().out
