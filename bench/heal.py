@@ -85,7 +85,11 @@ def main() -> None:
         if not out.exists():
             student.save_pretrained(out)
             tok.save_pretrained(out)
+            row = next((r for r in curve if r["tokens"] == done * per_step), None)
             cfg_heal = {**manifest, "heal": {"tokens": done * per_step, "bench": True}}
+            if row is not None:  # the held-out figures at this point (same windows as the builder's)
+                cfg_heal["metrics"] = {**manifest["metrics"], "moe_ppl": row["ppl"], "dense_ppl": dense_ppl}
+                cfg_heal["heal"] |= {"kl_after": row["kl"], "load_max_over_mean_after": row["load_max_over_mean"]}
             cfg_heal["options"] = {**manifest["options"], "heal": cfg.model_dump() | {"tokens": done * per_step}}
             (out / "testbed.json").write_text(json.dumps(cfg_heal, indent=2))
             print(f"saved {out}", flush=True)

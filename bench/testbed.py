@@ -70,7 +70,7 @@ def testbed_row(path: Path, args) -> dict:
         name += f" healed {o['heal']['tokens']} tok"
     heal = m.get("heal") or {}
     row = score(name, path, args)
-    load = heal.get("load_after") or m["layer_means"]["load_max_over_mean"]
+    load = heal.get("load_max_over_mean_after") or m["layer_means"]["load_max_over_mean"]
     return row | {"builder ppl (moe / dense)": f"{m['metrics']['moe_ppl']:.2f} / {m['metrics']['dense_ppl']:.2f}",
                   "build_s": m["build_seconds"], "load max/mean": round(float(load), 2)}
 
