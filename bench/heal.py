@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--save-dir", type=Path, default=Path("results/heal"))
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="stop after this much distillation time (the curve ends there; the student is saved)")
+    ap.add_argument("--budget-seconds", type=float, default=None,
+                    help="choose --tokens to fit this distillation time, from 2 timed steps on a copy of the student")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -55,6 +57,19 @@ def main() -> None:
     student = AutoModelForCausalLM.from_pretrained(args.testbed, dtype=torch.float32).eval()
     tok = load_tokenizer()
     per_step = cfg.batch * cfg.seq_len
+    if args.budget_seconds:
+        import copy
+
+        probe = copy.deepcopy(student)
+        w = wiki_sequences(tok, "calib", 2 * per_step, cfg.seq_len)
+        rate = distill(probe, teacher, w, cfg.model_copy(update={"tokens": 2 * per_step}), progress=False)
+        del probe
+        steps_fit = max(1, int(rate["tokens_per_s"] * args.budget_seconds / per_step))
+        cfg = cfg.model_copy(update={"tokens": steps_fit * per_step})
+        args.eval_at = sorted({0, *(cfg.tokens * f // (4 * per_step) * per_step for f in (1, 2, 4))})
+        args.save_at = [args.eval_at[-2], cfg.tokens]
+        print(f"probe: {rate['tokens_per_s']} tokens/s -> {cfg.tokens} tokens for {args.budget_seconds:.0f} s",
+              flush=True)
     steps = -(-cfg.tokens // per_step)
     windows = wiki_sequences(tok, "calib", steps * per_step, cfg.seq_len)
     held = wiki_sequences(tok, "heldout", args.eval_tokens, 512)
