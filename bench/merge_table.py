@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/merge_table.py results/merge_quality/results.parquet
 
-Per (ratio, variant): kld_mean and top-1 agreement on `kld:wiki_heldout`, token perplexity on
-`wiki_heldout_ppl` and any accuracy task present, each as value ± the 95% half-width from the
+Per (ratio, variant): kld_mean and top-1 agreement on `kld:wiki_heldout`, token perplexity on its windows, word perplexity on
+`wiki_heldout_ppl` (word perplexity) and any accuracy task present, each as value ± the 95% half-width from the
 row's standard error. Then what alignment changes for c-prune-merge: the paired difference
 (aligned - `align=none`) on the same documents (raymoe.eval.uncertainty.paired_difference), with
 a 95% interval; a difference whose interval contains 0 is a tie.
@@ -15,7 +15,8 @@ import argparse
 import re
 from pathlib import Path
 
-HEAD = {"kld_mean": "kld_mean", "top1_agree": "top-1 agree", "token_perplexity": "wiki held-out ppl"}
+HEAD = {"kld_mean": "kld_mean", "top1_agree": "top-1 agree", "token_perplexity": "token ppl (KLD windows)",
+        "word_perplexity": "wiki held-out word ppl"}
 
 
 def main() -> int:
@@ -30,7 +31,7 @@ def main() -> int:
     rows = {(r["variant"], r["task"], r["metric"]): r for r in df.iter_rows(named=True)}
     acc = sorted({(t, m) for _, t, m in rows if m == "acc"})
     cols = [("kld:wiki_heldout", "kld_mean"), ("kld:wiki_heldout", "top1_agree"),
-            ("wiki_heldout_ppl", "token_perplexity"), *acc]
+            ("kld:wiki_heldout", "token_perplexity"), ("wiki_heldout_ppl", "word_perplexity"), *acc]
     cols = [c for c in cols if any((v, *c) in rows for v, _, _ in rows)]
     print("| removed | variant | " + " | ".join(HEAD.get(m, f"{t} {m}") for t, m in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
@@ -44,7 +45,7 @@ def main() -> int:
         cells = []
         for t, m in cols:
             r = rows.get((v, t, m))
-            digits = 1 if m == "token_perplexity" else (4 if m == "kld_mean" else 3)
+            digits = 1 if m.endswith("perplexity") else (4 if m == "kld_mean" else 3)
             cells.append("" if r is None else f"{r['value']:.{digits}f} ± {Z95 * (r['stderr'] or 0):.{digits}f}")
         print(f"| {ratio(v):.0%} | {v} | " + " | ".join(cells) + " |")
     print()
@@ -54,7 +55,7 @@ def main() -> int:
         if not v.startswith("c-prune-merge@") or "[" in v:
             continue
         base = next((u for u in variants if u.startswith(v + "[") and "align=none" in u), None)
-        for t, m in cols[:3]:
+        for t, m in cols:
             a, b = rows.get((v, t, m)), rows.get((base, t, m)) if base else None
             if a is None or b is None or a["items"] is None:
                 continue
