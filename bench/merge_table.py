@@ -4,7 +4,7 @@
 
 Per (ratio, variant): kld_mean and top-1 agreement on `kld:wiki_heldout`, token perplexity on its windows, word perplexity on
 `wiki_heldout_ppl` (word perplexity) and any accuracy task present, each as value ± the 95% half-width from the
-row's standard error. Then what alignment changes for c-prune-merge: the paired difference
+row's standard error. Then what alignment changes for each merge method run both ways: the paired difference
 (aligned - `align=none`) on the same documents (raymoe.eval.uncertainty.paired_difference), with
 a 95% interval; a difference whose interval contains 0 is a tie.
 """
@@ -49,12 +49,12 @@ def main() -> int:
             cells.append("" if r is None else f"{r['value']:.{digits}f} ± {Z95 * (r['stderr'] or 0):.{digits}f}")
         print(f"| {ratio(v):.0%} | {v} | " + " | ".join(cells) + " |")
     print()
-    print("| removed | metric | c-prune-merge (aligned) - align=none (95%) | verdict |")
-    print("|---|---|---|---|")
+    print("| removed | method | metric | aligned - align=none (95%) | verdict |")
+    print("|---|---|---|---|---|")
     for v in variants:
-        if not v.startswith("c-prune-merge@") or "[" in v:
-            continue
         base = next((u for u in variants if u.startswith(v + "[") and "align=none" in u), None)
+        if "[" in v or base is None:
+            continue
         for t, m in cols:
             a, b = rows.get((v, t, m)), rows.get((base, t, m)) if base else None
             if a is None or b is None or a["items"] is None:
@@ -62,7 +62,7 @@ def main() -> int:
             sc = [ItemScores.of(x["items"], x["item_num"], x["item_den"], x["transform"]) for x in (a, b)]
             d, se, _ = paired_difference(*sc)
             lo, hi = d - Z95 * se, d + Z95 * se
-            print(f"| {ratio(v):.0%} | {m} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+            print(f"| {ratio(v):.0%} | {v.split('@')[0]} | {m} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
                   f"{'tie' if lo <= 0 <= hi else ('lower' if hi < 0 else 'higher')} |")
     return 0
 
