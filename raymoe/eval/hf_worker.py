@@ -3,7 +3,7 @@
 The model is loaded in memory (`AutoModelForCausalLM`, so raymoe's
 variable-expert classes load non-uniform checkpoints) and handed to lm-eval's
 `HFLM(pretrained=model)`, which works offline. With `scoring="shared"` (the
-default) the LM is `SharedContextHFLM` (raymoe.eval.lm_hf: one forward per
+default, also when unset) the LM is `SharedContextHFLM` (raymoe.eval.lm_hf: one forward per
 context for all its continuations); `scoring="stock"` keeps lm-eval's HFLM.
 """
 
@@ -38,7 +38,7 @@ def load_hf(path: str, opts: EngineOptions) -> HFEngine:
     model, tok = load_transformers(path, opts.dtype)
     kw = dict(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
               max_length=scoring_length(int(getattr(model.config, "max_position_embeddings", 2048)), opts))
-    lm = SharedContextHFLM(**kw, token_budget=opts.score_tokens) if opts.scoring == "shared" else HFLM(**kw)
+    lm = SharedContextHFLM(**kw, token_budget=opts.score_tokens) if opts.scoring != "stock" else HFLM(**kw)
     return HFEngine(lm, f"transformers {transformers.__version__}")
 
 

