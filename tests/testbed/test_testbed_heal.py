@@ -91,6 +91,9 @@ def test_cache_key_changes_with_every_healing_option_and_unhealed_key_is_kept():
     plain = TestbedConfig.parse()
     assert plain.digest() == "41d6a09bf6828e29"  # the unhealed default's id before healing existed (main job cache)
     assert "heal" not in plain.model_dump(mode="json")  # so sweep step ids are unchanged too
+    from raymoe.sweep.records import step_id
+
+    assert step_id("testbed", {"testbed": plain.model_dump(mode="json")}) == "testbed-3f4612558d03"
     healed = TestbedConfig.parse(heal={})
     assert healed.heal == HealConfig() and healed.digest() != plain.digest()
     variants = [dict(tokens=8192), dict(lr=1e-4), dict(seq_len=128), dict(batch=8), dict(warmup=0.0),
