@@ -95,9 +95,9 @@ class _Scratch:
             buf = self._bufs[key] = torch.empty(nbytes, dtype=torch.uint8)
         return buf[:nbytes]
 
-    def read(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor read into the reused buffer (valid until the next read)."""
-        view = self._buf("raw", info.nbytes)
+    def read(self, info: TensorInfo, key: str = "raw") -> torch.Tensor:
+        """The tensor read into the reused buffer `key` (valid until the next read into it)."""
+        view = self._buf(key, info.nbytes)
         with open(info.file, "rb", buffering=0) as fh:
             fh.seek(info.start)
             if fh.readinto(memoryview(view.numpy())) != info.nbytes:
@@ -132,15 +132,17 @@ def _combine(ckpt: SafetensorsCheckpoint, scratch: _Scratch, parts: list[tuple[s
              dtype: str, axis: int | None) -> torch.Tensor:
     """sum_i w_i P_i(W_i) in float32; parts (tensor name, weight, permutation pi or None)."""
     parts = sorted(parts, key=lambda p: p[2] is not None)  # an unpermuted member (the target) starts the sum
-    acc = scratch.tensor("acc", ckpt.infos[parts[0][0]].shape, torch.float32)
-    for k, (name, w, perm) in enumerate(parts):
-        x = scratch.read(ckpt.infos[name])
-        if k == 0 and (perm is None or axis is None):
-            torch.mul(x, w, out=acc)
-            continue
-        if k == 0:
-            acc.zero_()
-        _accumulate(scratch, acc, x, perm, axis, w)
+    (name0, w0, perm0), first = parts[0], ckpt.infos[parts[0][0]]
+    if perm0 is None or axis is None:  # the sum starts as w0 W0
+        if first.dtype == "F32":
+            acc = scratch.read(first, "acc").mul_(w0)  # read straight into the sum's buffer
+        else:
+            acc = scratch.tensor("acc", first.shape, torch.float32).copy_(scratch.read(first)).mul_(w0)
+        rest = parts[1:]
+    else:
+        acc, rest = scratch.tensor("acc", first.shape, torch.float32).zero_(), parts
+    for name, w, perm in rest:
+        _accumulate(scratch, acc, scratch.read(ckpt.infos[name]), perm, axis, w)
     return acc if dtype == "F32" else acc.to(TORCH_DTYPES[dtype])
 
 
