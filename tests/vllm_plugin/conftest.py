@@ -34,6 +34,19 @@ def plan_for(src: Path, kind: str):
                      layers=[LayerPlan(layer=l, num_experts=spec.experts[l], keep=k) for l, k in keep.items()])
 
 
+def _zero_attention_output(path: Path) -> None:
+    """Zero every `self_attn.o_proj.weight` of a single-file checkpoint, in place."""
+    from safetensors.torch import load_file, save_file
+
+    file = path / "model.safetensors"
+    tensors = load_file(file)
+    zeroed = [n for n in tensors if n.endswith("self_attn.o_proj.weight")]
+    assert zeroed, f"no attention output projection in {file}"
+    for name in zeroed:
+        tensors[name].zero_()
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
 @pytest.fixture(scope="session")
 def pruning_plan():
     """pruning_plan(src, "uniform" | "mixed") -> the PrunePlan these tests apply."""
@@ -42,7 +55,13 @@ def pruning_plan():
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory):
-    """family_models(family) -> {"base", "uniform", "mixed"} checkpoint paths (built once per session)."""
+    """family_models(family) -> {"base", "uniform", "mixed"} checkpoint paths (built once per session).
+
+    `family` may carry the suffix ":noattn": larger random weights (initializer_range 0.1, so the logits
+    have clear margins) and every attention output projection zeroed, so only embeddings, MoE / dense MLP
+    layers and the head act. That isolates the routing path from DeepSeek's MLA kernel, whose CPU build
+    differs from transformers already for a stock model.
+    """
     from raymoe.checkpoint import apply_plan
     from raymoe.testing import build_tiny_model
 
@@ -50,8 +69,12 @@ def family_models(tmp_path_factory):
 
     def make(family: str) -> dict[str, Path]:
         if family not in cache:
-            root = tmp_path_factory.mktemp(f"vllm-{family}")
-            base = build_tiny_model(family, root / "base", **FAMILY_DIMS[family])
+            name, _, variant = family.partition(":")
+            root = tmp_path_factory.mktemp(f"vllm-{name}-{variant}")
+            extra = dict(initializer_range=0.1) if variant == "noattn" else {}
+            base = build_tiny_model(name, root / "base", **FAMILY_DIMS[name], **extra)
+            if variant == "noattn":
+                _zero_attention_output(base)
             cache[family] = {"base": base, **{k: apply_plan(base, plan_for(base, k), root / k, progress=False)
                                               for k in ("uniform", "mixed")}}
         return cache[family]
