@@ -85,7 +85,7 @@ def _row(group: dict) -> tuple[list[int], list[int], list[int], list[tuple[int, 
 class SharedContextHFLM(HFLM):
     """HFLM scoring each context once for all its continuations (see the module docstring)."""
 
-    def __init__(self, *args: Any, token_budget: int = 4096, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, token_budget: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if token_budget < 1:
             raise ValueError(f"token_budget must be >= 1, got {token_budget}")

