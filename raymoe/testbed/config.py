@@ -45,8 +45,8 @@ class HealConfig(BaseModel):
     __test__ = False
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tokens: int = Field(49152, gt=0, le=1 << 20, description="calibration tokens distilled on (one pass)")
-    lr: float = Field(3e-4, gt=0, le=1.0, description="AdamW peak learning rate (linear warm-up, cosine decay)")
+    tokens: int = Field(65536, gt=0, le=1 << 20, description="calibration tokens distilled on (one pass)")
+    lr: float = Field(5e-4, gt=0, le=1.0, description="AdamW peak learning rate (linear warm-up, cosine decay)")
     seq_len: int = Field(256, ge=16, le=2048, description="window length of the distillation batches")
     batch: int = Field(4, ge=1, le=256, description="windows per optimizer step")
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming up")
