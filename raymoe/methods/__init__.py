@@ -22,7 +22,7 @@ __all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load
 METHODS: dict[str, str] = {
     "c-gnn-prune": "raymoe.methods.cgnn:CGnnPrune",
     "c-prune": "raymoe.methods.cprune:CPrune",
-    "c-prune-merge": "raymoe.methods.cprune:CPruneMerge",
+    "c-prune-merge": "raymoe.methods.cprune_merge:CPruneMerge",
     "pathfinder": "raymoe.methods.pathfinder:Pathfinder",
     "random": "raymoe.methods.baselines:RandomPrune",
     "frequency": "raymoe.methods.baselines:FrequencyPrune",

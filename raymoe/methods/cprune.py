@@ -31,17 +31,8 @@ outputs on the batch's samples, so its Gram matrix is sum_{s in b} F_s F_s^T.
    floor(2e8 / U^2)): Ward is O(U^2) and costs ~4 s at U = 7424 here); features
    wider than `global_dim` are sketched per sample by one seeded Gaussian
    projection shared by all layers (distances kept to about sqrt(2 / global_dim)).
-3. `c-prune-merge`: every removed expert joins the kept expert of its layer-wise
-   cluster it is most similar to (cosine of phi; any kept expert when its cluster
-   kept none). A group (target t, members m) merges with w_m = u_m exp(a_{m,t} / T)
-   / sum_m' u_m' exp(a_{m',t} / T), a the cosine affinity (a_{t,t} = 1), u the
-   routing frequency share (+1e-12); apply_plan combines expert weights and router
-   rows with these w. phi_e = mean of e's features over all samples. Before
-   averaging, each member's neurons are permuted to match the target's
-   (`align`, default activation correlations on the probe tokens; raymoe/methods/align.py):
-   W_t' = sum_m w_m P_m(W_m). `align=none` averages unaligned weights (the paper's merge).
-Group-limited routers keep the same count in every original group (`keep_balanced`), and
-a removed expert joins a kept expert of its own original group only.
+3. `c-prune-merge` (raymoe/methods/cprune_merge.py) merges the removed experts into the kept ones.
+Group-limited routers keep the same count in every original group (`keep_balanced`).
 """
 
 from __future__ import annotations
@@ -58,11 +49,10 @@ from raymoe.methods.budget import Budget
 from raymoe.methods.common import (MethodConfig, StatsError, build_plan, keep_balanced, per_layer_share,
                                    probe_subset, router_bias, single_thread)
 from raymoe.moe.routing import RoutingRule, route
-from raymoe.plan.schema import MergeGroup, PrunePlan
+from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
 
-__all__ = ["CPrune", "CPruneMerge", "CPruneConfig", "CPruneMergeConfig", "size_factor", "gram", "ward_labels",
-           "merge_groups", "vote"]
+__all__ = ["CPrune", "CPruneConfig", "size_factor", "gram", "ward_labels", "vote", "cprune"]
 
 GLOBAL_PAIRS = 2e8  # default budget of U^2 x global batches (Ward clusterings of all survivors)
 
@@ -82,14 +72,6 @@ class CPruneConfig(MethodConfig):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="most a layer may lose (global)")
     seed: int = Field(0, description="probe-token sampling and sketch seed")
     progress: bool = Field(False, description="progress bar over layers")
-
-
-class CPruneMergeConfig(CPruneConfig):
-    temperature: float = Field(0.1, gt=0, description="softmax temperature over affinities")
-    align: Literal["activations", "weights", "none"] = Field(
-        "activations", description="neuron alignment before averaging: activation correlations on probe "
-        "tokens, weight similarity, or none")
-    align_tokens: int = Field(256, ge=2, description="probe tokens per layer for activation correlations")
 
 
 def size_factor(p: float) -> float:
@@ -194,34 +176,6 @@ def _global_features(f: torch.Tensor, nb: int, cfg: CPruneConfig, proj: dict) ->
     return torch.stack([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in out])
 
 
-def merge_groups(keep: list[int], labels: np.ndarray, phi: torch.Tensor, usage: np.ndarray,
-                 temperature: float, n_group: int = 1) -> tuple[list[MergeGroup], np.ndarray]:
-    """Fold removed experts into kept ones of the same original group (of n_group); returns (groups,
-    affinity of each expert to its target)."""
-    unit = torch.nn.functional.normalize(phi.double(), dim=1)
-    cos = (unit @ unit.T).numpy()  # [E, E]
-    E = len(labels)
-    size = E // max(n_group, 1)
-    target_of = {t: t for t in keep}
-    for e in range(E):
-        if e in target_of:
-            continue
-        mine = [t for t in keep if t // size == e // size]
-        same = [t for t in mine if labels[t] == labels[e]]
-        pool = same or mine
-        target_of[e] = max(pool, key=lambda t: (cos[e, t], -t))
-    aff = np.array([cos[e, target_of[e]] if e != target_of[e] else 1.0 for e in range(E)])
-    groups = []
-    for t in keep:
-        members = [t] + [e for e in range(E) if target_of[e] == t and e != t]
-        if len(members) == 1:
-            continue
-        logit = np.array([aff[m] for m in members]) / temperature
-        w = (usage[members] + 1e-12) * np.exp(logit - logit.max())
-        groups.append(MergeGroup(target=t, members=members, weights=(w / w.sum()).tolist()))
-    return groups, aff
-
-
 def cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
     """Shared by both variants: (keep, scores, labels, phi) per layer."""
     with single_thread():
@@ -298,26 +252,3 @@ class CPrune:
     def plan(self, stats: CalibStats, weights, budget: Budget, config: CPruneConfig) -> PrunePlan:
         keep, table, _, _ = cprune(stats, weights, budget, config)
         return build_plan(self.name, config, stats, budget, keep, table)
-
-
-class CPruneMerge:
-    name: ClassVar[str] = "c-prune-merge"
-    summary: ClassVar[str] = ("C-Prune, removed experts merged into their cluster's kept expert (affinity softmax), "
-                              "neuron-aligned")
-    weights: ClassVar[str] = "optional"
-    Config = CPruneMergeConfig
-
-    def plan(self, stats: CalibStats, weights, budget: Budget, config: CPruneMergeConfig) -> PrunePlan:
-        from raymoe.methods.align import alignment_for
-
-        keep, table, labels, phi = cprune(stats, weights, budget, config)
-        merges = {}
-        for l in keep:
-            usage = per_layer_share(stats.layers[l].counts)
-            merges[l], aff = merge_groups(keep[l], labels[l], phi[l], usage, config.temperature, budget.n_group)
-            table[l]["affinity_to_target"] = aff
-        plan = build_plan(self.name, config, stats, budget, keep, table, merges)
-        align = config.align if weights is not None else "none"  # no weights: nothing to align (stated)
-        with single_thread():
-            plan.alignment = alignment_for(stats, weights, merges, align, config.align_tokens, config.seed)
-        return plan
