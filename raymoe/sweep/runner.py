@@ -18,6 +18,8 @@ asking for more GPUs than any node has is refused before anything is written.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 import time
@@ -49,8 +51,22 @@ class SweepVariant:
         return f"{self.method}@{self.ratio:g}" + (f"[{opts}]" if opts else "")
 
     def params(self, stats_id: str) -> dict[str, Any]:
-        return {"method": self.method, "options": self.options, "ratio": self.ratio, "uniform": self.uniform,
-                "stats": stats_id}
+        """The variant's step key: the options as written and the validated config with every default, so a
+        changed default (e.g. merge alignment switched on) is a new variant, never a stale checkpoint."""
+        return {"method": self.method, "options": self.options, "config": _config(self.method, self.options),
+                "ratio": self.ratio, "uniform": self.uniform, "stats": stats_id}
+
+
+@functools.lru_cache(maxsize=None)
+def _config_json(method: str, options_json: str) -> str:
+    from raymoe.methods import load_method, parse_options
+
+    return json.dumps(parse_options(load_method(method), json.loads(options_json)).model_dump(mode="json"),
+                      sort_keys=True)
+
+
+def _config(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(_config_json(method, json.dumps(options, sort_keys=True)))
 
 
 def variant_grid(spec: SweepSpec) -> list[SweepVariant]:
