@@ -10,6 +10,15 @@ exactly as for the transformers backend); this adapter supplies the scoring:
   log p(cont | ctx) = sum_{i in cont} log p(x_i | x_<i), and the continuation is
   greedy iff every x_i has vocabulary rank 1. One `generate` call carries all
   requests; vLLM batches them itself.
+  With `shared=True` (engine option scoring="shared") the engine has the prefix
+  cache on and requests run in two waves: the first request of each context,
+  then the others, which read the context's KV blocks from the cache
+  (`skip_reading_prefix_cache=False`; vLLM sets it True for prompt-logprob
+  requests because a cache hit drops the logprobs of cached positions). Only
+  continuation positions are needed; a request whose needed positions came back
+  missing (a hit reaching into its continuation) is rescored without the cache.
+  Every prompt carries `cache_salt` = the engine's salt (its checkpoint), so a
+  cached context is never reused across weights.
 - loglikelihood_rolling: lm-eval's disjoint rolling windows of max_length tokens,
   each scored as above, summed per document.
 - generate_until: greedy decoding (or the task's sampling settings) with the
@@ -26,16 +35,23 @@ from lm_eval.api.model import TemplateLM
 
 __all__ = ["VLLMLM"]
 
+_CONTEXTS_PER_WAVE = 128  # shared scoring: contexts whose KV blocks must stay cached between the two waves
+
 
 class VLLMLM(TemplateLM):
     """An lm-eval LM whose requests run on `llm` (a `vllm.LLM`)."""
 
-    def __init__(self, llm: Any, tokenizer: Any, max_length: int, max_gen_toks: int = 256) -> None:
+    def __init__(self, llm: Any, tokenizer: Any, max_length: int, max_gen_toks: int = 256, *,
+                 shared: bool = False, cache_salt: str | None = None) -> None:
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
         self._max_length = max_length
         self.max_gen_toks = max_gen_toks
+        self.shared = shared
+        self.cache_salt = cache_salt
+        self.rescored = 0  # shared scoring: requests rescored without the cache
+        self.cached_tokens = 0  # prompt tokens served from the prefix cache
 
     # ---- tokens ------------------------------------------------------------------------------
     @property
@@ -63,26 +79,63 @@ class VLLMLM(TemplateLM):
         return enc[-left_truncate_len:] if left_truncate_len else enc
 
     # ---- scoring -----------------------------------------------------------------------------
-    def _score(self, sequences: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
-        """(tokens, n_cont) -> (sum of the last n_cont tokens' logprobs, all of them rank 1)."""
-        from vllm import SamplingParams
+    def _prompt(self, tokens: list[int]):
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t, _ in sequences], params, use_tqdm=False)
-        results = []
-        for (tokens, n_cont), out in zip(sequences, outs):
-            lps = out.prompt_logprobs  # [len(tokens)], entry 0 is None
-            total, greedy = 0.0, True
-            for i in range(len(tokens) - n_cont, len(tokens)):
-                lp = lps[i][tokens[i]]
-                if not math.isfinite(lp.logprob):  # silent NaN would make every choice's score NaN
-                    raise RuntimeError(f"vLLM returned a non-finite log-probability ({lp.logprob}) at position {i}; "
-                                       "the checkpoint likely lacks tensors this vLLM model allocates")
-                total += lp.logprob
-                greedy = greedy and lp.rank == 1
-            results.append((total, greedy))
-        return results
+        if self.cache_salt is None or not self.shared:
+            return TokensPrompt(prompt_token_ids=tokens)
+        return TokensPrompt(prompt_token_ids=tokens, cache_salt=self.cache_salt)
+
+    @staticmethod
+    def _read(tokens: list[int], n_cont: int, lps) -> tuple[float, bool] | None:
+        """(sum of the last n_cont tokens' logprobs, all rank 1), or None if any of them is missing."""
+        shift = len(tokens) - len(lps)  # a prefix-cache hit may leave the list short at the front
+        total, greedy = 0.0, True
+        for i in range(len(tokens) - n_cont, len(tokens)):
+            entry = lps[i - shift] if i - shift >= 1 else None
+            lp = entry.get(tokens[i]) if entry is not None else None
+            if lp is None:
+                return None
+            if not math.isfinite(lp.logprob):  # silent NaN would make every choice's score NaN
+                raise RuntimeError(f"vLLM returned a non-finite log-probability ({lp.logprob}) at position {i}; "
+                                   "the checkpoint likely lacks tensors this vLLM model allocates")
+            total += lp.logprob
+            greedy = greedy and lp.rank == 1
+        return total, greedy
+
+    def _run(self, sequences: list[tuple[list[int], int]], read_cache: bool) -> list[tuple[float, bool] | None]:
+        from vllm import SamplingParams
+
+        if not sequences:
+            return []
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False,
+                                **({"skip_reading_prefix_cache": False} if read_cache else {}))
+        outs = self.llm.generate([self._prompt(t) for t, _ in sequences], params, use_tqdm=False)
+        self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outs)
+        return [self._read(t, n, o.prompt_logprobs) for (t, n), o in zip(sequences, outs)]
+
+    def _score(self, sequences: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
+        """(tokens, n_cont) -> (sum of the last n_cont tokens' logprobs, all of them rank 1)."""
+        if not self.shared:
+            out = self._run(sequences, read_cache=False)
+            if any(r is None for r in out):
+                raise RuntimeError("vLLM returned no prompt logprobs for a continuation")
+            return out
+        by_ctx: dict[tuple[int, ...], list[int]] = {}
+        for k, (t, n) in enumerate(sequences):
+            by_ctx.setdefault(tuple(t[: len(t) - n]), []).append(k)
+        groups = list(by_ctx.values())
+        results: dict[int, tuple[float, bool] | None] = {}
+        for a in range(0, len(groups), _CONTEXTS_PER_WAVE):  # bounded, so wave 1's blocks stay cached
+            chunk = groups[a: a + _CONTEXTS_PER_WAVE]
+            for wave in ([g[0] for g in chunk], [k for g in chunk for k in g[1:]]):  # wave 2 reads wave 1's
+                results.update(zip(wave, self._run([sequences[k] for k in wave], read_cache=True)))
+        missing = [k for k, r in results.items() if r is None]
+        self.rescored += len(missing)
+        results.update(zip(missing, self._run([sequences[k] for k in missing], read_cache=False)))
+        if any(results[k] is None for k in missing):
+            raise RuntimeError("vLLM returned no prompt logprobs for a continuation scored without the cache")
+        return [results[k] for k in range(len(sequences))]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         seqs = []

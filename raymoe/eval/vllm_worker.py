@@ -57,12 +57,18 @@ def load_vllm(path: str, opts: EngineOptions) -> VLLMEngine:
 
     cfg = json.loads((Path(path) / "config.json").read_text())
     max_length = scoring_length(int(cfg.get("max_position_embeddings", 2048)), opts)
+    shared = opts.scoring == "shared"  # opt-in on vLLM: contexts read from the prefix cache (lm_vllm.py)
     llm = LLM(model=path, tokenizer=path, dtype=opts.dtype, max_model_len=max_length + 2, seed=opts.seed,
               enforce_eager=opts.enforce_eager, tensor_parallel_size=opts.tensor_parallel_size,
               distributed_executor_backend="uni" if opts.tensor_parallel_size == 1 else "mp",
-              enable_prefix_caching=False, max_num_seqs=opts.max_num_seqs,
-              gpu_memory_utilization=opts.gpu_memory_utilization, disable_log_stats=True)
-    lm = VLLMLM(llm, llm.get_tokenizer(), max_length=max_length, max_gen_toks=opts.max_gen_toks)
+              enable_prefix_caching=shared, max_num_seqs=opts.max_num_seqs,
+              gpu_memory_utilization=opts.gpu_memory_utilization, disable_log_stats=True,
+              # CPU KV blocks default to 128 tokens, longer than most multiple-choice contexts: only whole
+              # blocks are cached, so shared scoring uses 32-token blocks (the smallest the CPU backend takes)
+              **({"block_size": 32} if shared else {}))
+    # the salt keys cached contexts to this checkpoint: a cache never serves another variant's weights
+    lm = VLLMLM(llm, llm.get_tokenizer(), max_length=max_length, max_gen_toks=opts.max_gen_toks,
+                shared=shared, cache_salt=f"{path}@{Path(path, 'config.json').stat().st_mtime_ns}")
     return VLLMEngine(llm, lm, f"vllm {vllm.__version__}")
 
 
@@ -88,6 +94,11 @@ class VLLMWorker:
         import torch
 
         return {**self.host.loglikelihood_throughput(path, task, repeats), "threads": torch.get_num_threads()}
+
+    def scoring_stats(self) -> dict:
+        """Shared scoring counters of the loaded engine: prompt tokens read from the prefix cache, rescored requests."""
+        lm = self.host.engine.lm if self.host.engine is not None else None
+        return {"cached_tokens": getattr(lm, "cached_tokens", 0), "rescored": getattr(lm, "rescored", 0)}
 
     def greedy_and_logprobs(self, path: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
         """Greedy continuations and per-position prompt logprobs (for checks against transformers)."""

@@ -127,3 +127,27 @@ def test_testbed_export_serves_on_vllm(vllm_worker, tiny_testbed):
     assert got["tokens"] == tokens
     diff = max(abs(a - b) for g, r in zip(got["logprobs"], logprobs) for a, b in zip(g, r))
     assert diff < LOGPROB_TOL, diff
+
+
+def test_shared_scoring_equals_stock_and_reads_the_cache(vllm_worker, eval_models, vllm_python):
+    """Prefix-cached scoring (scoring="shared") vs the default uncached path: scores to 1e-4, contexts cached."""
+    import ray
+
+    from raymoe.eval.vllm_worker import VLLMWorker
+
+    path = str(eval_models("mixtral")["mixed"])
+    opts = EngineOptions(vllm_python=vllm_python, scoring="shared")
+    shared = VLLMWorker.options(**actor_options("vllm", opts, 1)).remote("vllm-shared", opts)
+    try:
+        for task in (TaskRequest("arc_easy", 16), TaskRequest("wiki_ppl", 2)):
+            got = ray.get(shared.loglikelihood_throughput.remote(path, task))
+            ref = ray.get(vllm_worker.loglikelihood_throughput.remote(path, task))
+            assert got["requests"] == ref["requests"] > 0
+            diff = max(abs(a - b) for a, b in zip(got["results"], ref["results"]))
+            print(f"{task}: max |shared - stock| = {diff:.2e}")
+            assert diff < LOGPROB_TOL, diff
+        stats = ray.get(shared.scoring_stats.remote())
+        assert stats["cached_tokens"] > 0, stats  # arc_easy's choices read their contexts' KV blocks
+        assert ray.get(vllm_worker.scoring_stats.remote())["cached_tokens"] == 0
+    finally:
+        ray.kill(shared)
