@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lm_eval import utils as lm_utils
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
+
+from raymoe.eval.rolling import rolling_loglikelihoods
 
 __all__ = ["SharedContextHFLM", "pack_groups"]
 
@@ -174,17 +175,7 @@ class SharedContextHFLM(HFLM):
         return res
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        windows, owner = [], []
-        for idx, (string,) in enumerate(req.args for req in requests):
-            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
-                windows.append((None, ctx, cont))
-                owner.append(idx)
-        totals = [0.0] * len(requests)
-        for idx, (lp, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm,
-                                                                             share=False)):
-            totals[idx] += lp
-        for req, total in zip(requests, totals):
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-        return totals
+        def score(windows):  # windows share no context: no grouping
+            return self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, share=False)
+
+        return rolling_loglikelihoods(self, requests, score)

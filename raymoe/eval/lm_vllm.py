@@ -30,8 +30,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
+
+from raymoe.eval.rolling import rolling_loglikelihoods
 
 __all__ = ["VLLMLM"]
 
@@ -149,19 +150,7 @@ class VLLMLM(TemplateLM):
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        windows, owner = [], []
-        for idx, (string,) in enumerate(req.args for req in requests):
-            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
-                windows.append((None, ctx, cont))
-                owner.append(idx)
-        totals = [0.0] * len(requests)
-        for idx, (lp, _) in zip(owner, self._loglikelihood_tokens(windows)):
-            totals[idx] += lp
-        for req, total in zip(requests, totals):
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-        return totals
+        return rolling_loglikelihoods(self, requests, self._loglikelihood_tokens)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from vllm import SamplingParams
