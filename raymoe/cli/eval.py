@@ -1,4 +1,7 @@
-"""`raymoe eval VARIANT... --tasks T1,T2 --backend hf|vllm --workers N --out RESULTS`."""
+"""`raymoe eval VARIANT... [--plan PLAN.json ... --source SOURCE] --tasks T1,T2 --backend hf|vllm --workers N --out RESULTS`.
+
+A `--plan` is a virtual variant (raymoe.eval.variants): the source model with the plan's removed experts
+masked out of routing; workers load the source once for all plans of it."""
 
 from __future__ import annotations
 
@@ -16,6 +19,11 @@ class Eval:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("variants", nargs="*", metavar="VARIANT", help="checkpoint directory, or NAME=DIR")
+        p.add_argument("--plan", action="append", default=[], metavar="[NAME=]PLAN",
+                       help="score a pruning plan (plan.json) virtually: on its source model with the removed "
+                            "experts masked out of routing, no checkpoint written (repeatable)")
+        p.add_argument("--source", type=Path, default=None,
+                       help="the source checkpoint of --plan (default: the model the plan names)")
         p.add_argument("--tasks", required=True,
                        help="comma-separated tasks, each NAME or NAME:LIMIT (offline: arc_easy, arc_challenge, piqa, "
                             "hellaswag, winogrande, boolq, mmlu, mmlu_<subject>, gsm8k, wiki_ppl, wiki_heldout_ppl, c4_ppl; "
@@ -85,7 +93,7 @@ class Eval:
         from raymoe.eval.variants import parse_variants
         from raymoe.ray_cluster import RayResources, ensure_ray
 
-        variants = parse_variants(args.variants)
+        variants = parse_variants(args.variants, args.plan, args.source)
         check_backend(opts.backend, opts.engine, [v.path for v in variants])
         if any(kinds[t.name] == "fidelity" for t in tasks):
             if args.reference is None:

@@ -8,7 +8,8 @@ Two ways in:
   as it finishes, in completion order; the caller writes it at once, so a killed driver loses only
   pairs still in flight. Iterating the stream is what schedules: do it in one thread.
 
-Scheduling: a free worker takes the oldest pending pair of the variant it holds (no engine reload),
+Scheduling: a free worker takes the oldest pending pair of the checkpoint it holds (no engine reload;
+virtual variants of one source all hold the source, so a worker keeps scoring plans of the model it has),
 else the oldest pair of a variant no other worker is running or holds, else the oldest pair of a
 variant no busy worker runs, else the oldest pair. So with more workers than tasks per variant, the
 workers spread over the variants available (pairs of different variants run at once), and each
@@ -72,6 +73,7 @@ class EvalFleet:
         self._starting: dict[ray.ObjectRef, tuple[str, ray.actor.ActorHandle]] = {}  # info ref -> worker
         self.started = False
         self.worker_starts = 0  # workers started over the fleet's life (replacements included; never reset)
+        self.engine_loads: dict[str, int] = {}  # worker id -> model loads it reported (dead workers kept)
 
     # ---- pool ------------------------------------------------------------------------------
     def __enter__(self) -> "EvalFleet":
@@ -158,7 +160,7 @@ class EvalFleet:
             if not pending:
                 break
             job = self._pick(wid, pending)
-            ref = self.workers[wid].evaluate.remote(job.variant.path, job.task)
+            ref = self.workers[wid].evaluate.remote(job.variant.path, job.task, job.variant.mask)
             inflight[ref] = (wid, job, time.time())
             self.busy[wid] = job
             notify(FleetEvent("started", wid, job))
@@ -200,6 +202,7 @@ class EvalFleet:
                     except ray.exceptions.RayTaskError as err:
                         raise EvalError(f"{job.variant.name} x {job.task}: failed on {wid}: {_cause(err)}") from None
                     self.info[wid]["loaded"] = job.variant.path
+                    self.engine_loads[wid] = int(result.get("loads") or 0)
                     notify(FleetEvent("done", wid, job))
                     bar.set_postfix_str(f"{job.variant.name} x {job.task.name}", refresh=False)
                     bar.update(1)
@@ -230,6 +233,7 @@ class EvalFleet:
                   "experts_total": v.experts_total, "experts_per_layer": v.experts_per_layer,
                   "params_routed": v.params_routed, "params_total": v.params_total,
                   "checkpoint_bytes": v.checkpoint_bytes, "reference": job.task.reference,
-                  "config_sha256": v.config_sha256, "plan_sha256": v.plan_sha256, "raymoe_version": __version__,
+                  "config_sha256": v.config_sha256, "plan_sha256": v.plan_sha256, "virtual": v.virtual,
+                  "plan_path": v.plan_path, "raymoe_version": __version__,
                   "created": stream.created}
         return [{**common, **metric} for metric in result["rows"]]

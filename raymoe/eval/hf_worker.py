@@ -12,16 +12,21 @@ from __future__ import annotations
 import ray
 
 from raymoe.eval.options import EngineOptions, scoring_length
-from raymoe.eval.runner import EngineHost, load_transformers
+from raymoe.eval.runner import EngineHost, load_transformers, mask_model
 from raymoe.eval.tasks import TaskRequest
 
 __all__ = ["HFWorker", "HFEngine", "load_hf"]
 
 
 class HFEngine:
-    def __init__(self, lm, version: str) -> None:
+    def __init__(self, lm, version: str, path: str) -> None:
         self.lm = lm
         self.version = version
+        self.path = path
+
+    def set_mask(self, mask) -> None:
+        """Router masks of a virtual variant (raymoe.moe.router_mask), updated in place; None: unmasked."""
+        mask_model(self.lm.model, self.path, mask)
 
     def close(self) -> None:
         self.lm = None
@@ -39,7 +44,7 @@ def load_hf(path: str, opts: EngineOptions) -> HFEngine:
     kw = dict(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=opts.batch_size,
               max_length=scoring_length(int(getattr(model.config, "max_position_embeddings", 2048)), opts))
     lm = SharedContextHFLM(**kw, token_budget=opts.score_tokens) if opts.scoring != "stock" else HFLM(**kw)
-    return HFEngine(lm, f"transformers {transformers.__version__}")
+    return HFEngine(lm, f"transformers {transformers.__version__}", path)
 
 
 @ray.remote(num_cpus=1)
@@ -54,10 +59,11 @@ class HFWorker:
     def info(self) -> dict:
         return self.host.info()
 
-    def evaluate(self, path: str, task: TaskRequest) -> dict:
-        return self.host.evaluate(path, task)
+    def evaluate(self, path: str, task: TaskRequest, mask: dict | None = None) -> dict:
+        return self.host.evaluate(path, task, mask)
 
-    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1) -> dict:
+    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1,
+                                 mask: dict | None = None) -> dict:
         import torch
 
-        return {**self.host.loglikelihood_throughput(path, task, repeats), "threads": torch.get_num_threads()}
+        return {**self.host.loglikelihood_throughput(path, task, repeats, mask), "threads": torch.get_num_threads()}

@@ -17,7 +17,7 @@ import polars as pl
 from raymoe.errors import RaymoeError
 from raymoe.io import atomic_write_parquet
 
-__all__ = ["SCHEMA", "KEY", "rows_frame", "write_results", "read_results"]
+__all__ = ["SCHEMA", "KEY", "rows_frame", "write_results", "read_results", "conform"]
 
 #: one row per KEY
 KEY = ("run", "variant", "task", "metric")
@@ -56,6 +56,8 @@ SCHEMA = pl.Schema({
     "item_den": pl.List(pl.Float64),
     "config_sha256": pl.String,
     "plan_sha256": pl.String,
+    "virtual": pl.Boolean,  # scored on the source model with the plan's experts masked (quality only)
+    "plan_path": pl.String,  # the plan of a virtual variant
     "raymoe_version": pl.String,
     "created": pl.Datetime("us", "UTC"),
 })
@@ -84,4 +86,10 @@ def read_results(path: str | Path) -> pl.DataFrame:
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise RaymoeError(f"no results in {path}")
-    return pl.concat([pl.read_parquet(f) for f in files]).cast(dict(SCHEMA))
+    return pl.concat([conform(pl.read_parquet(f)) for f in files])
+
+
+def conform(df: pl.DataFrame) -> pl.DataFrame:
+    """A frame with exactly SCHEMA: columns added since it was written come back null."""
+    return df.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]) \
+        .select(list(SCHEMA)).cast(dict(SCHEMA))

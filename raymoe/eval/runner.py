@@ -1,8 +1,10 @@
 """Inside a worker: one engine at a time, lm-eval tasks on it, results as metric rows.
 
 `EngineHost` is what both worker actors (transformers and vLLM) delegate to:
-it keeps the engine of the variant last asked for (switching variants
-rebuilds it), writes the offline task YAMLs into its own temporary directory,
+it keeps the engine of the checkpoint last asked for (switching checkpoints
+rebuilds it; a virtual variant, the source checkpoint plus an expert mask
+(raymoe.plan.mask), only sets the engine's router masks, before every task, so
+no mask outlives the task it was set for), writes the offline task YAMLs into its own temporary directory,
 runs one task through `lm_eval.simple_evaluate`, and returns plain dicts
 (metric, value, stderr, n) plus timings. It imports only what exists in both
 environments (lm-eval, pydantic, raymoe's config-level modules).
@@ -20,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 from raymoe.eval.tasks import TaskRequest, write_task_yaml
 
-__all__ = ["Engine", "EngineHost", "metric_rows", "load_transformers"]
+__all__ = ["Engine", "EngineHost", "metric_rows", "load_transformers", "mask_model"]
 
 
 def load_transformers(path: str, dtype: str = "float32"):
@@ -34,11 +36,30 @@ def load_transformers(path: str, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dt).eval(), AutoTokenizer.from_pretrained(path)
 
 
+def mask_model(model, path: str, mask):
+    """Set a raymoe.plan.mask.ExpertMask (None: unmasked) on a transformers model of `path`, installing
+    raymoe.moe.router_mask.RouterMasks on first use; returns them (None while nothing was ever masked)."""
+    if mask is None and getattr(model, "_raymoe_masks", None) is None:
+        return None
+    from raymoe.moe.router_mask import RouterMasks
+    from raymoe.moe.spec import MoeModelSpec
+
+    masks = getattr(model, "_raymoe_masks", None)
+    if masks is None:
+        masks = RouterMasks(model, MoeModelSpec.from_pretrained(path))
+        model._raymoe_masks = masks
+    masks.set(mask)
+    return masks
+
+
 class Engine(Protocol):
     """A loaded model behind lm-eval's LM interface."""
 
     lm: Any  # lm_eval.api.model.LM
     version: str  # e.g. "transformers 5.23.0"
+
+    def set_mask(self, mask: Any) -> None:
+        """Mask the routers to a raymoe.plan.mask.ExpertMask (None: every expert available), in place."""
 
     def close(self) -> None: ...
 
@@ -83,6 +104,7 @@ class EngineHost:
         self.path: str | None = None
         self.engine: Engine | None = None
         self.load_s = 0.0
+        self.loads = 0  # engine loads over the worker's life
 
     def info(self) -> dict:
         return {"worker": self.worker_id, "backend": self.backend, "pid": os.getpid(),
@@ -97,6 +119,7 @@ class EngineHost:
             t0 = time.perf_counter()
             self.engine = self._load(path)
             self.path, self.load_s = path, time.perf_counter() - t0
+            self.loads += 1
         assert self.engine is not None
         return self.engine
 
@@ -106,8 +129,17 @@ class EngineHost:
         offline = write_task_yaml(name, self.task_dir) is not None
         return TaskManager(include_path=str(self.task_dir), include_defaults=not offline)
 
-    def evaluate(self, path: str, task: TaskRequest) -> dict:
-        """Run `task` on the variant at `path`: {rows, wall_s, load_s, worker, version}."""
+    def masked_engine(self, path: str, mask: dict | None) -> Engine:
+        """The engine of `path` with its routers masked to `mask` (ExpertMask.to_wire(); None: unmasked)."""
+        from raymoe.plan.mask import ExpertMask
+
+        engine = self.engine_for(path)
+        engine.set_mask(ExpertMask.from_wire(mask))
+        return engine
+
+    def evaluate(self, path: str, task: TaskRequest, mask: dict | None = None) -> dict:
+        """Run `task` on the checkpoint at `path`, its routers masked by `mask` (a virtual variant; None:
+        the checkpoint as it is): {rows, wall_s, load_s, loads, worker, version}."""
         from lm_eval import simple_evaluate
 
         from raymoe.eval.fidelity import is_fidelity
@@ -115,9 +147,9 @@ class EngineHost:
 
         t0 = time.perf_counter()
         if is_fidelity(task.name):
-            rows, version = self._fidelity(path, task)
+            rows, version = self._fidelity(path, task, mask)
         else:
-            engine = self.engine_for(path)
+            engine = self.masked_engine(path, mask)
             out = simple_evaluate(model=engine.lm, tasks=[task.name], task_manager=self.task_manager(task.name),
                                   limit=task.limit, bootstrap_iters=self.bootstrap_iters, log_samples=True,
                                   random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
@@ -127,10 +159,10 @@ class EngineHost:
             version = engine.version
         if not rows:
             raise RuntimeError(f"lm-eval returned no metrics for task {task.name}")
-        return {"rows": rows, "wall_s": time.perf_counter() - t0, "load_s": self.load_s,
+        return {"rows": rows, "wall_s": time.perf_counter() - t0, "load_s": self.load_s, "loads": self.loads,
                 "worker": self.worker_id, "version": version}
 
-    def _fidelity(self, path: str, task: TaskRequest) -> tuple[list[dict], str]:
+    def _fidelity(self, path: str, task: TaskRequest, mask: dict | None) -> tuple[list[dict], str]:
         """A `kld:<corpus>` task: the reference's cached distribution (built once), the variant scored on it."""
         import transformers
 
@@ -147,18 +179,25 @@ class EngineHost:
             R.build_reference(ref_model, ref_tok, spec, ref_file)
             del ref_model
         ref, meta = R.load_reference(ref_file)
-        held = self._torch_model(self.engine_for(path)) if self._torch_model is not None else None
-        model, tok = (held, self.engine.lm.tokenizer) if held is not None else load_transformers(path, self.dtype)
+        held = self._torch_model(self.masked_engine(path, mask)) if self._torch_model is not None else None
+        if held is not None:
+            model, tok = held, self.engine.lm.tokenizer
+        else:  # an engine without a transformers model (vLLM): score on transformers, masked the same way
+            from raymoe.plan.mask import ExpertMask
+
+            model, tok = load_transformers(path, self.dtype)
+            mask_model(model, path, ExpertMask.from_wire(mask))
         per_doc = R.score_windows(model, tok, ref, meta, batch=spec.batch, name=path)
         rows = fidelity_rows(task.name, per_doc, iters=self.bootstrap_iters or 1000, seed=self.seed)
         return rows, f"transformers {transformers.__version__}"
 
-    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1) -> dict:
+    def loglikelihood_throughput(self, path: str, task: TaskRequest, repeats: int = 1,
+                                 mask: dict | None = None) -> dict:
         """Time the engine on a task's loglikelihood (or rolling) requests alone.
 
         {requests, seconds (best of `repeats`), per_s, kind, results: the scores, version, load_s}.
         """
-        engine = self.engine_for(path)
+        engine = self.masked_engine(path, mask)
         tm = self.task_manager(task.name)
         task_obj = next(iter(tm.load([task.name])["tasks"].values()))
         task_obj.build_all_requests(limit=task.limit, rank=0, world_size=1)

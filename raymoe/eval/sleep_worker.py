@@ -2,7 +2,8 @@
 
 Not a scorer. A "variant" is a directory holding `sleep.json`:
 `{"load_s": 0.57, "task_s": {"arc_easy": 1.2, ...}}`. Switching a worker to another variant sleeps
-`load_s` (the engine load); a (variant, task) pair sleeps `task_s[task]` and returns one row,
+`load_s` (the engine load; a virtual variant, the same directory with another mask, costs no
+load); a (variant, task) pair sleeps `task_s[task]` and returns one row,
 metric `sleep_s` = that cost. Used by `bench/fleet_scale.py` on a `ray.cluster_utils.Cluster`;
 `write_sleep_variant` makes such a directory and the `Variant` that names it.
 """
@@ -50,7 +51,7 @@ class SleepWorker:
         return {"worker": self.worker_id, "backend": "sleep", "pid": os.getpid(), "host": socket.gethostname(),
                 "loaded": self.path, "version": "sleep", "node": ray.get_runtime_context().get_node_id()}
 
-    def evaluate(self, path: str, task: TaskRequest) -> dict:
+    def evaluate(self, path: str, task: TaskRequest, mask: dict | None = None) -> dict:
         t0 = time.perf_counter()
         if path != self.path:
             self.path = None

@@ -1,8 +1,16 @@
-"""Variants to evaluate: checkpoint directories, validated up front, with their provenance.
+"""Variants to evaluate: checkpoint directories or virtual variants, validated up front, with their provenance.
 
 A variant is `PATH` or `NAME=PATH`. Provenance comes from the checkpoint
 itself: `config.json` (family, per-layer expert counts) and, for pruned
 checkpoints, the `plan.json` written by `raymoe prune` (method, ratio, source).
+
+A *virtual* variant (`Variant.from_plan(PLAN, SOURCE)`) is a pruning plan scored on
+its source checkpoint with the removed experts masked out of routing
+(raymoe.plan.mask): `path` is the source (what a worker loads, once for every plan
+of that source), `mask` the routers' view of the plan. Its parameter counts and
+bytes are those of the checkpoint the plan would produce, computed from the
+source's shard headers; it measures quality only (serving speed and memory need
+a materialised checkpoint).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from raymoe.errors import CheckpointError, RaymoeError
+from raymoe.errors import CheckpointError, PlanError, RaymoeError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
 from raymoe.moe.spec import MoeModelSpec
 
@@ -46,6 +54,9 @@ class Variant(BaseModel):
     params_routed: int | None = None  # parameters of the routed experts (serving cost)
     params_total: int | None = None
     checkpoint_bytes: int | None = None
+    virtual: bool = False  # the source at `path` with `mask` on its routers (no checkpoint written)
+    plan_path: str | None = None  # the plan of a virtual variant
+    mask: dict | None = None  # raymoe.plan.mask.ExpertMask.to_wire() of a virtual variant
 
     @property
     def experts_total(self) -> int:
@@ -70,28 +81,75 @@ class Variant(BaseModel):
             **serving_cost(spec, ckpt))
 
 
-def serving_cost(spec: MoeModelSpec, ckpt: SafetensorsCheckpoint) -> dict[str, int]:
-    """Routed-expert and total parameter counts and tensor bytes, from the shard headers (no tensor read)."""
+    @classmethod
+    def from_plan(cls, plan_path: str | Path, source: str | Path | None = None,
+                  name: str | None = None) -> "Variant":
+        """A virtual variant: a pruning plan (no merges) on its source checkpoint (default: the plan's `model`).
+
+        PlanError when the plan merges experts, or was made for another model (its stats' model hash,
+        family or expert counts differ from the source's)."""
+        from raymoe.moe.safetensors_files import model_hash
+        from raymoe.plan import PrunePlan
+        from raymoe.plan.mask import ExpertMask
+
+        plan_path = Path(plan_path).expanduser().resolve()
+        plan = PrunePlan.load(plan_path)
+        mask = ExpertMask.from_plan(plan)  # refuses merges
+        src = cls.from_path(source if source is not None else plan.model)
+        spec = MoeModelSpec.from_pretrained(src.path)
+        ckpt = SafetensorsCheckpoint(src.path)
+        made_for = ((plan.stats or {}).get("model") or {}).get("hash")
+        if made_for and made_for != model_hash(src.path, ckpt):
+            raise PlanError(f"{plan_path} was made for another model (stats model hash {made_for[:12]}, "
+                            f"{src.path} hashes to {model_hash(src.path, ckpt)[:12]})")
+        plan.validate_for(spec)  # family, MoE layers, expert counts, top_k, original groups
+        counts = [len(mask.keep.get(l, range(spec.experts[l]))) for l in spec.moe_layers]
+        default = plan.method if plan.ratio is None else f"{plan.method}@{plan.ratio:g}"
+        return cls(
+            name=name or default,
+            path=src.path, model_type=src.model_type, family=src.family, experts_per_layer=counts,
+            source_model=src.path, method=plan.method, ratio=plan.ratio, uniform=len(set(counts)) == 1,
+            config_sha256=src.config_sha256, plan_sha256=_sha256(plan_path), virtual=True,
+            plan_path=str(plan_path), mask=mask.to_wire(), **serving_cost(spec, ckpt, mask))
+
+
+def serving_cost(spec: MoeModelSpec, ckpt: SafetensorsCheckpoint, mask=None) -> dict[str, int]:
+    """Routed-expert and total parameter counts and tensor bytes, from the shard headers (no tensor read).
+
+    With a mask (raymoe.plan.mask.ExpertMask), those of the checkpoint the plan produces: masked experts'
+    tensors and their router rows (and correction-bias entries) are not counted.
+    """
     routed = total = nbytes = 0
     for name, info in ckpt.infos.items():
-        numel = math.prod(info.shape)
+        numel, size = math.prod(info.shape), info.nbytes
+        role = spec.role(name)
+        if mask is not None and role.layer in mask.keep:
+            kept = len(mask.keep[role.layer]) / spec.experts[role.layer]
+            if role.kind == "expert" and role.expert not in mask.keep[role.layer]:
+                continue
+            if role.kind in ("router", "router_bias"):  # rows [E, ...] -> [kept, ...]
+                numel, size = round(numel * kept), round(size * kept)
         total += numel
-        nbytes += info.nbytes
-        if spec.role(name).kind == "expert":
+        nbytes += size
+        if role.kind == "expert":
             routed += numel
     return {"params_routed": routed, "params_total": total, "checkpoint_bytes": nbytes}
 
 
-def parse_variants(items: list[str]) -> list[Variant]:
-    """`[NAME=]PATH` items -> validated Variants with distinct names."""
-    if not items:
+def _named(item: str) -> tuple[str | None, str]:
+    name, sep, path = item.partition("=")
+    return (name, path) if sep and name and "/" not in name else (None, item)
+
+
+def parse_variants(items: list[str], plans: list[str] = (), source: str | Path | None = None) -> list[Variant]:
+    """`[NAME=]PATH` checkpoints and `[NAME=]PLAN.json` virtual variants (on `source`, default each plan's
+    model) -> validated Variants with distinct names."""
+    if not items and not plans:
         raise RaymoeError("no variants given")
-    out = []
-    for item in items:
-        name, sep, path = item.partition("=")
-        out.append(Variant.from_path(path, name) if sep and name and "/" not in name else Variant.from_path(item))
+    out = [Variant.from_path(path, name) for name, path in map(_named, items)]
+    out += [Variant.from_plan(path, source, name) for name, path in map(_named, plans)]
     names = [v.name for v in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise RaymoeError(f"variant name used twice: {', '.join(dup)} (name them with NAME=PATH)")
+        raise RaymoeError(f"variant name used twice: {', '.join(dup)} (name them with NAME=PATH or NAME=PLAN)")
     return out

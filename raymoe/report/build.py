@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from raymoe.errors import RaymoeError
+from raymoe.eval.results import conform
 from raymoe.io import atomic_write_text
 from raymoe.report.paired import paired_markdown, paired_table
 from raymoe.report.plots import plot_heatmap, plot_kept, plot_metrics
@@ -54,14 +55,6 @@ def primary_metrics(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _with_schema(df: pl.DataFrame) -> pl.DataFrame:
-    """Older results files lack the newer columns: add them as nulls."""
-    from raymoe.eval.results import SCHEMA
-
-    missing = [pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]
-    return df.with_columns(missing) if missing else df
-
-
 def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Path:
     """Write the report for a run directory (or a results .parquet file); return the report.md path."""
     results = Path(results)
@@ -69,7 +62,7 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
     parquet = results if results.suffix == ".parquet" else results / "results.parquet"
     if not parquet.is_file():
         raise RaymoeError(f"no results at {parquet} (run `raymoe run` or `raymoe eval` first)")
-    df = _with_schema(pl.read_parquet(parquet))
+    df = conform(pl.read_parquet(parquet))  # older files lack the newer columns: nulls
     if not df.height:
         raise RaymoeError(f"{parquet} holds no result rows")
     if stats_dir is None and (run_dir / "run.json").is_file():
@@ -95,7 +88,10 @@ def build_report(results: str | Path, stats_dir: str | Path | None = None) -> Pa
           "over documents for perplexities and KL divergence). `kld:<corpus>`: mean per-token KL(unpruned || "
           "variant) in nats on held-out windows, lower is better. *above-chance retained* = "
           "(acc - chance) / (acc_unpruned - chance), averaged over the accuracy tasks. Parameters and bytes are "
-          "the checkpoint's.", "", main_table(df, prim, tasks, metric_of), "",
+          "the checkpoint's; *(virtual)* marks a variant scored on the source model with its removed experts "
+          "masked out of routing (no checkpoint written; the figures are those of the checkpoint its plan "
+          "would produce): it measures quality only, serving speed and memory need a materialised "
+          "checkpoint.", "", main_table(df, prim, tasks, metric_of), "",
           "## Which differences are real", "",
           "Each pruned variant against the best one at the same ratio, paired on the items (documents, "
           "questions) both were scored on.", "", paired_markdown(paired_table(prim, lower_better)), "",

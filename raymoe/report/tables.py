@@ -52,6 +52,7 @@ def main_table(df: pl.DataFrame, prim: pl.DataFrame, tasks: list[str], metric_of
     variants = prim.group_by("variant").agg(
         pl.col("method").first(), pl.col("ratio").first(), pl.col("sparsity").first(),
         pl.col("params_routed").first(), pl.col("params_total").first(), pl.col("checkpoint_bytes").first(),
+        pl.col("virtual").first(),
     ).sort(["sparsity", "method", "variant"])
     head = (["variant", "method", "ratio", "sparsity", "routed params", "total params", "checkpoint"]
             + [f"{t} ({metric_of[t]})" for t in tasks] + [f"{t} (acc_norm)" for t in norm_tasks]
@@ -75,6 +76,8 @@ def main_table(df: pl.DataFrame, prim: pl.DataFrame, tasks: list[str], metric_of
         pct = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"  # noqa: E731
         nbytes = v["checkpoint_bytes"]
         size = "-" if nbytes is None else f"{nbytes / 2**20:.0f} MiB"
+        if v["virtual"]:  # scored on the masked source: quality only, the size is what the plan would write
+            size += " (virtual)"
         lines.append("| " + " | ".join([name, v["method"], ratio, f"{v['sparsity']:.2f}", _count(v["params_routed"]),
                                         _count(v["params_total"]), size, *cells, pct(retained), pct(above)]) + " |")
     return "\n".join(lines)

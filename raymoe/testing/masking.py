@@ -1,8 +1,9 @@
 """The reference a pruned checkpoint is checked against: the original model with experts masked.
 
-`mask_experts(model, spec, keep)` hooks every MoE router so that experts not in
-`keep[layer]` can never be chosen (router logits -inf; for sigmoid routers the
-choice score -inf), re-routing with `raymoe.moe.routing.route`. Routing stays that of
+`mask_experts(model, spec, keep)` masks every MoE router (raymoe.moe.router_mask, the
+same masks virtual variants are scored with) so that experts not in `keep[layer]` can
+never be chosen (router logits -inf; for sigmoid routers the choice score -inf),
+re-routing with `raymoe.moe.routing.route`. Routing stays that of
 the ORIGINAL model (its n_group groups of E / n_group), so a pruned group-limited
 model matches this reference only when every original group keeps the same count.
 `merge_experts(model, merges, perms)` first writes a plan's merge groups into the model
@@ -16,30 +17,19 @@ from __future__ import annotations
 
 import torch
 
-from raymoe.moe.routing import RoutingRule, route
+from raymoe.moe.router_mask import RouterMasks
 from raymoe.moe.spec import MoeModelSpec
+from raymoe.plan.mask import ExpertMask
 
 __all__ = ["mask_experts", "merge_experts"]
 
 
-def mask_experts(model: torch.nn.Module, spec: MoeModelSpec, keep: dict[int, list[int]]) -> list:
-    """Install masking hooks; returns the hook handles (call `.remove()` to undo)."""
-    rule = RoutingRule.for_spec(spec)
-    handles = []
-    for layer, kept in keep.items():
-        gate = model.model.layers[layer].mlp.gate
-        mask = torch.zeros(spec.experts[layer], dtype=torch.bool)
-        mask[list(kept)] = True
-
-        def hook(module, args, output, mask=mask):
-            x = args[0].reshape(-1, module.weight.shape[1])  # [T, H]
-            logits = torch.nn.functional.linear(x.float(), module.weight.float())  # [T, E]
-            bias = getattr(module, "e_score_correction_bias", None)
-            _, weights, idx = route(rule, logits, bias, mask)
-            return output[0], weights.to(output[1].dtype), idx
-
-        handles.append(gate.register_forward_hook(hook))
-    return handles
+def mask_experts(model: torch.nn.Module, spec: MoeModelSpec, keep: dict[int, list[int]]) -> RouterMasks:
+    """Mask `model`'s routers to `keep` (raymoe.moe.router_mask); `.remove()` on the result undoes it."""
+    masks = RouterMasks(model, spec)
+    masks.set(ExpertMask(id="reference", keep={l: tuple(sorted(k)) for l, k in keep.items()},
+                         num_experts={l: spec.experts[l] for l in keep}))
+    return masks
 
 
 def _permuted(experts: torch.nn.Module, e: int, perm) -> tuple[torch.Tensor, torch.Tensor]:
