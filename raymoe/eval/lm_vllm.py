@@ -17,8 +17,10 @@ exactly as for the transformers backend); this adapter supplies the scoring:
   requests because a cache hit drops the logprobs of cached positions). Only
   continuation positions are needed; a request whose needed positions came back
   missing (a hit reaching into its continuation) is rescored without the cache.
-  Every prompt carries `cache_salt` = the engine's salt (its checkpoint), so a
-  cached context is never reused across weights.
+  Every prompt carries `cache_salt` = the engine's salt (its checkpoint) and the
+  expert mask its routers hold (`mask_id`, set by the engine), so a cached
+  context is never reused across weights or masks (the engine also empties the
+  prefix cache when the mask changes).
 - loglikelihood_rolling: lm-eval's disjoint rolling windows of max_length tokens,
   each scored as above, summed per document.
 - generate_until: greedy decoding (or the task's sampling settings) with the
@@ -50,7 +52,8 @@ class VLLMLM(TemplateLM):
         self._max_length = max_length
         self.max_gen_toks = max_gen_toks
         self.shared = shared
-        self.cache_salt = cache_salt
+        self.checkpoint_salt = cache_salt
+        self.mask_id: str | None = None  # the routers' expert mask (VLLMEngine.set_mask); part of the salt
         self.rescored = 0  # shared scoring: requests rescored without the cache
         self.cached_tokens = 0  # prompt tokens served from the prefix cache
 
@@ -78,6 +81,13 @@ class VLLMLM(TemplateLM):
         kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
         enc = self.tokenizer.encode(string, **kw)
         return enc[-left_truncate_len:] if left_truncate_len else enc
+
+    @property
+    def cache_salt(self) -> str | None:
+        """Prefix-cache salt: the checkpoint's, and the expert mask in force ("none": unmasked)."""
+        if self.checkpoint_salt is None:
+            return None
+        return f"{self.checkpoint_salt}|{self.mask_id or 'none'}"
 
     # ---- scoring -----------------------------------------------------------------------------
     def _prompt(self, tokens: list[int]):

@@ -3,7 +3,11 @@
 vLLM serves non-uniform checkpoints (a routed-expert count per layer) of every
 family raymoe prunes: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 and
 DeepSeek-V3. Uniform pruned checkpoints are stock architectures that stock vLLM
-loads (`raymoe.moe.variable.stock_config_dict` writes the config keys vLLM needs).
+loads (`raymoe.moe.variable.stock_config_dict` writes the config keys vLLM needs);
+raymoe's eval workers serve them, and stock source models, through the plugin
+class of their family all the same (`hf_overrides`, see `raymoe.eval.vllm_worker`):
+its routers carry expert-mask buffers (`masking.py`), so one loaded source scores
+many pruning plans ("virtual variants") without a reload.
 
 vLLM calls `register()` in every process it starts (engine core, workers), so
 it must be idempotent and cheap: it registers the config classes of model types

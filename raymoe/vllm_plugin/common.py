@@ -14,6 +14,7 @@ import copy
 from typing import Any
 
 from raymoe.moe.arch import RAYMOE_COUNTS_KEY
+from raymoe.vllm_plugin.masking import install_router_masks
 
 __all__ = ["layer_count", "layer_config", "layer_vllm_config", "set_moe_metadata", "init_causal_lm"]
 
@@ -82,7 +83,7 @@ def set_moe_metadata(model: Any, blocks: list[Any], enable_eplb: bool, *, expert
 
 def init_causal_lm(lm: Any, vllm_config: Any, prefix: str, model_cls: type, moe_block: str | None = None,
                    moe_cls: type | None = None) -> None:
-    """The ForCausalLM body around `model_cls`: backbone, LM head, logits processor, MoE metadata.
+    """The ForCausalLM body around `model_cls`: backbone, LM head, logits processor, router masks, MoE metadata.
 
     `moe_block` is the decoder layer's attribute holding the sparse MoE block
     (an instance of `moe_cls` on MoE layers); without it no MoE metadata is set
@@ -102,6 +103,7 @@ def init_causal_lm(lm: Any, vllm_config: Any, prefix: str, model_cls: type, moe_
         lm.lm_head = lm.lm_head.tie_weights(lm.model.embed_tokens)
     lm.logits_processor = LogitsProcessor(config.vocab_size)
     lm.make_empty_intermediate_tensors = lm.model.make_empty_intermediate_tensors
+    install_router_masks(lm, config.num_experts_per_tok)
     if moe_cls is None:
         return
     blocks = [getattr(layer, moe_block) for layer in lm.model.layers

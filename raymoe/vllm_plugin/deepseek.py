@@ -16,6 +16,8 @@ largest count, and a layer reads only the experts its checkpoint holds.
 
 vLLM decides on multi-head latent attention by `model_type` (`deepseek_v2`,
 `deepseek_v3`, ...); `register_mla()` gives raymoe's model types the same answer.
+The routers get raymoe's expert-mask buffers (`raymoe.vllm_plugin.masking`;
+for DeepSeek-V3 the correction bias is masked too, the original groups kept).
 DeepSeek-V3.2's sparse-attention indexer (`index_topk`) is not supported.
 """
 
@@ -34,6 +36,7 @@ from vllm.model_executor.models.utils import PPMissingLayer, make_empty_intermed
 from vllm.platforms import current_platform
 
 from raymoe.vllm_plugin.common import layer_config, set_moe_metadata
+from raymoe.vllm_plugin.masking import install_router_masks
 
 __all__ = ["RaymoeDeepseekV2DecoderLayer", "RaymoeDeepseekV2Model", "RaymoeDeepseekV2ForCausalLM",
            "RaymoeDeepseekV3ForCausalLM"]
@@ -88,6 +91,10 @@ class RaymoeDeepseekV2ForCausalLM(DeepseekV2ForCausalLM):
     """vLLM model class of `RaymoeDeepseekV2ForCausalLM` checkpoints (config key `raymoe_experts_per_layer`)."""
 
     model_cls = RaymoeDeepseekV2Model
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        install_router_masks(self, self.config.num_experts_per_tok)
 
     def set_moe_parameters(self) -> None:
         """The stock lists of MoE layers; expert counts from the largest layer, EPLB refused on mixed counts."""

@@ -5,7 +5,8 @@ vLLM's `OlmoeDecoderLayer` builds `OlmoeMoE(num_experts=config.num_experts)` fro
 shallow VllmConfig copy whose config carries that layer's count. The stock
 model and ForCausalLM take their decoder layer class as an argument
 (`layer_type`), so nothing else is re-implemented: forward, weight loading
-(each layer's expert mapping follows its own count) and logits are the stock ones.
+(each layer's expert mapping follows its own count) and logits are the stock ones;
+the routers get raymoe's expert-mask buffers (`raymoe.vllm_plugin.masking`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.olmoe import OlmoeDecoderLayer, OlmoeForCausalLM
 
 from raymoe.vllm_plugin.common import layer_vllm_config
+from raymoe.vllm_plugin.masking import install_router_masks
 
 __all__ = ["RaymoeOlmoeDecoderLayer", "RaymoeOlmoeForCausalLM"]
 
@@ -34,3 +36,4 @@ class RaymoeOlmoeForCausalLM(OlmoeForCausalLM):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "",
                  layer_type: type[nn.Module] = RaymoeOlmoeDecoderLayer) -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
+        install_router_masks(self, vllm_config.model_config.hf_config.num_experts_per_tok)

@@ -16,7 +16,8 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 _SMALL = dict(hidden=64, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
 _MLA = dict(hidden=128, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
             kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64)
-FAMILY_DIMS = {"qwen2_moe": _SMALL, "olmoe": _SMALL, "deepseek_v2": _MLA, "deepseek_v3": _MLA}
+FAMILY_DIMS = {"qwen2_moe": _SMALL, "olmoe": _SMALL, "deepseek_v2": _MLA, "deepseek_v3": _MLA,
+               "mixtral": _SMALL, "qwen3_moe": {**_SMALL, "head_dim": 32}}
 UNIFORM_KEEP = [0, 2, 3, 4, 5, 7]  # 3 + 3 in DeepSeek-V3's two groups of 4
 # per MoE layer, cycled; each keeps an equal count (>= 2) in both groups {0..3}, {4..7} except the last,
 # which only the families without group-limited routing get (DeepSeek has 3 MoE layers: dense first layer)
