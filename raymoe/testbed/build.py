@@ -70,16 +70,16 @@ def moefy_model(dense, calib, cfg: TestbedConfig, *, progress: bool = True) -> l
     import torch
     from tqdm.auto import tqdm
 
-    from raymoe.testbed.moefy import MoefyMLP, fit_layer
+    from raymoe.testbed.moefy import MoefyMLP, fit_layer_output
 
     rng = np.random.default_rng(cfg.seed)
     blocks = dense.model.layers
     bar = tqdm(total=len(blocks), desc="moefy layers", disable=not progress)
 
     def fit(mlp, x):
-        layer = fit_layer(mlp, x, cfg, rng)
+        layer, out = fit_layer_output(mlp, x, cfg, rng)
         bar.update(1)
-        return layer
+        return layer, out
 
     wrappers = [MoefyMLP(b.mlp, fit, emit_moe=cfg.fit_inputs == "moe") for b in blocks]
     for b, w in zip(blocks, wrappers):

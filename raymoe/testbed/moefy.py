@@ -27,7 +27,7 @@ from raymoe.testbed.cluster import group_neurons
 from raymoe.testbed.config import TestbedConfig
 from raymoe.testbed.router import fit_router, lstsq_down, route, scale_terms, solve_scales
 
-__all__ = ["MoeLayer", "fit_layer", "MoefyMLP", "activations"]
+__all__ = ["MoeLayer", "fit_layer", "fit_layer_output", "MoefyMLP", "activations"]
 
 _CHUNK = 2048  # tokens per chunk where [T, E, H] tensors are formed
 
@@ -60,9 +60,12 @@ class MoeLayer:
 
     def neuron_gates(self, x: torch.Tensor, width: int) -> torch.Tensor:
         """w [T, I]: 1 on shared neurons, g_te on the neurons of routed expert e, 0 elsewhere."""
-        gates, idx = route(x, self.router, self.top_k)  # [T, K]
+        return self.gates_to_neurons(*route(x, self.router, self.top_k), width)
+
+    def gates_to_neurons(self, gates: torch.Tensor, idx: torch.Tensor, width: int) -> torch.Tensor:
+        """`neuron_gates` from already computed routing: gates, idx [T, K] -> w [T, I]."""
         e = len(self.groups)
-        w = torch.zeros(x.shape[0], e + 2, dtype=x.dtype)
+        w = torch.zeros(gates.shape[0], e + 2, dtype=gates.dtype)
         w.scatter_(1, idx, gates)  # [T, E+2]
         w[:, e] = 1.0
         return w[:, self.owner(width)]  # [T, I]
@@ -88,6 +91,16 @@ def _chunks(t: int):
 
 def fit_layer(mlp, x: torch.Tensor, cfg: TestbedConfig, rng: np.random.Generator) -> MoeLayer:
     """MoEfy one dense MLP on its calibration inputs x [T, H]."""
+    return fit_layer_output(mlp, x, cfg, rng)[0]
+
+
+def fit_layer_output(mlp, x: torch.Tensor, cfg: TestbedConfig,
+                     rng: np.random.Generator) -> tuple[MoeLayer, torch.Tensor]:
+    """`fit_layer`, plus the fitted layer's output on x [T, H] (= `layer.forward(mlp, x)`, computed once).
+
+    Every intermediate (activations, routing, gated activations, dense output)
+    is computed once and shared by the fit, the diagnostics and the output.
+    """
     w_d = mlp.down_proj.weight  # [H, I]
     act = activations(mlp, x)  # [T, I]
     shared_n = cfg.shared if cfg.layout == "shared" else 0
@@ -108,18 +121,19 @@ def fit_layer(mlp, x: torch.Tensor, cfg: TestbedConfig, rng: np.random.Generator
         scales = solve_scales(a, b, k)
     for j, g in enumerate(groups):
         layer.down[:, torch.as_tensor(g)] *= scales[j]
-    if cfg.down == "lstsq":
-        dense = act @ w_d.T  # [T, H]
-        layer.down = lstsq_down(act * layer.neuron_gates(x, act.shape[1]), dense, layer.down, ridge=cfg.ridge)
-    layer.metrics = _diagnostics(layer, act, w_d, x, norms, idx)
-    layer.load = torch.bincount(idx.flatten(), minlength=cfg.experts).tolist()
-    return layer
-
-
-def _diagnostics(layer: MoeLayer, act, w_d, x, norms, idx) -> dict[str, float]:
-    """Relative output error, router recall of the norm top-k, load balance, gate sharpness."""
+    gated = act * layer.gates_to_neurons(gates, idx, act.shape[1])  # [T, I] u = a * w
     dense = act @ w_d.T  # [T, H]
-    err = (layer.combine(act, x) - dense).norm() / dense.norm()
+    if cfg.down == "lstsq":
+        layer.down = lstsq_down(gated, dense, layer.down, ridge=cfg.ridge)
+    out = gated @ layer.down.T  # [T, H] = layer.combine(act, x)
+    layer.metrics = _diagnostics(layer, out, dense, x, norms, idx)
+    layer.load = torch.bincount(idx.flatten(), minlength=cfg.experts).tolist()
+    return layer, out
+
+
+def _diagnostics(layer: MoeLayer, out, dense, x, norms, idx) -> dict[str, float]:
+    """Relative output error, router recall of the norm top-k, load balance, gate sharpness."""
+    err = (out - dense).norm() / dense.norm()
     oracle = norms.topk(layer.top_k, dim=1).indices  # [T, K]
     recall = (idx[:, :, None] == oracle[:, None, :]).any(2).float().mean()
     load = torch.bincount(idx.flatten(), minlength=len(layer.groups)).float()
@@ -135,9 +149,14 @@ def _diagnostics(layer: MoeLayer, act, w_d, x, norms, idx) -> dict[str, float]:
 
 
 class MoefyMLP(torch.nn.Module):
-    """Stands in for a dense MLP: fits its MoE layer on the first input it sees, then routes."""
+    """Stands in for a dense MLP: fits its MoE layer on the first input it sees, then routes.
 
-    def __init__(self, mlp, fit: Callable[[object, torch.Tensor], MoeLayer], *, emit_moe: bool):
+    `fit(mlp, x)` returns (layer, its output on x or None); the MoE output of the
+    fitting call is that output when given (it is what `layer.forward` computes).
+    """
+
+    def __init__(self, mlp, fit: Callable[[object, torch.Tensor], tuple[MoeLayer, torch.Tensor | None]], *,
+                 emit_moe: bool):
         super().__init__()
         self.mlp = mlp
         self.fit = fit
@@ -147,7 +166,11 @@ class MoefyMLP(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         shape = hidden.shape
         x = hidden.reshape(-1, shape[-1])  # [T, H]
+        y = None
         if self.layer is None:
-            self.layer = self.fit(self.mlp, x)
-        y = self.layer.forward(self.mlp, x) if self.emit_moe else self.mlp(x)
+            self.layer, y = self.fit(self.mlp, x)
+        if not self.emit_moe:
+            y = self.mlp(x)
+        elif y is None:
+            y = self.layer.forward(self.mlp, x)
         return y.reshape(shape)
