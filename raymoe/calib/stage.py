@@ -11,6 +11,15 @@ causal mask (sliding-window where the config says so) from
 `transformers.masking_utils`, then `layer(h, attention_mask, position_ids,
 position_embeddings)`. The plain class runs in-process (the reference path)
 and inside `raymoe.calib.actor.StageActor`.
+
+Replay: the cluster pre-pass runs the same micro-batches through the same
+layers as the statistics pass (only the clusters differ, and they enter the
+statistics alone), so a stage keeps what its pre-pass forward captured (router
+outputs, MoE inputs, its output; at most `REPLAY_BYTES`) and answers the
+statistics pass from it instead of computing the forward again. The statistics
+are the same bit for bit. A batch is replayed only if its input equals the
+pre-pass one (token ids, or the previous stage's hidden states), and once:
+a redone or uncached batch is computed as before.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 import resource
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,8 +41,11 @@ from raymoe.moe.layer_weights import build_decoder_layer, load_layer_state
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
 from raymoe.moe.spec import MoeModelSpec
 
-__all__ = ["Stage", "RecordingCheckpoint"]
+__all__ = ["Stage", "RecordingCheckpoint", "REPLAY_BYTES"]
 
+#: most bytes of pre-pass captures a stage keeps for replay (beyond it, batches are computed again)
+REPLAY_BYTES = 1 << 30
+_CAP_FIELDS = ("x", "logits", "weights", "index", "norms")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -100,6 +113,8 @@ class Stage:
             self.norm = self.norm.to(self.device).eval()
         self.loaded = list(ckpt.loaded)
         self.stats = StatsAccumulator(spec, num_clusters)
+        self.replay: dict[int, dict] = {}  # batch id -> what its pre-pass forward produced (see module doc)
+        self.replay_bytes = 0
 
     # ---- pieces of the transformers model loop ------------------------------------------------
     def _mask(self, kind: str, h: torch.Tensor, pos: torch.Tensor):
@@ -114,10 +129,14 @@ class Stage:
 
     @torch.inference_mode()
     def forward(self, mb: MicroBatch) -> MicroBatch | BatchDone | Pooled:
+        entry = None if mb.prepass else self._take_replay(mb)
+        if entry is not None:
+            return self._replayed(mb, entry)
+        inp = torch.from_numpy(mb.ids) if self.embed is not None else mb.hidden
         if self.embed is not None:
-            h = F.embedding(torch.from_numpy(mb.ids).to(self.device), self.embed)  # [B, L, H]
+            h = F.embedding(inp.to(self.device), self.embed)  # [B, L, H]
         else:
-            h = mb.hidden.to(self.device)  # [B, L, H]
+            h = inp.to(self.device)  # [B, L, H]
         B, L, _ = h.shape
         pos = torch.arange(L, device=self.device).unsqueeze(0)  # [1, L]
         pe = self.rotary(h, pos)
@@ -125,6 +144,7 @@ class Stage:
         cluster = torch.from_numpy(mb.clusters).repeat_interleave(L)  # [T]
         probe = torch.from_numpy(mb.probe)  # [P]
         prev = None if mb.prev is None else (mb.prev[0], torch.from_numpy(mb.prev[1]), torch.from_numpy(mb.prev[2]))
+        keep = {} if mb.prepass else None  # captures kept for replay
         for l, layer in self.layers.items():
             kind = _mask_kind(self.config, l)
             if kind not in masks:
@@ -136,16 +156,65 @@ class Stage:
                 if not mb.prepass:
                     prev = self.stats.update(l, cap, cluster, probe, mb.batch_id, layer.mlp.experts, self._bias(l),
                                              prev, mb.seq_ids)
+                else:
+                    keep[l] = tuple(getattr(cap, f) for f in _CAP_FIELDS)
                 cap.clear()
-        if self.norm is not None and mb.prepass:
-            return Pooled(mb.batch_id, mb.seq_ids, self.norm(h).double().mean(1).cpu().numpy())  # [B, H]
         if self.norm is not None:
-            self.stats.add_pooled(mb.seq_ids.tolist(), self.norm(h).double().mean(1).cpu())  # [B, H]
-            return BatchDone(mb.batch_id, B * L)
+            result = self.norm(h).double().mean(1).cpu()  # [B, H] pooled final hidden states
+        else:
+            result = h.cpu()  # [B, L, H] to the next stage
+        if mb.prepass:
+            self._keep_replay(mb, inp, keep, result)
+            if self.norm is not None:
+                return Pooled(mb.batch_id, mb.seq_ids, result.numpy())
+            return replace(mb, ids=None, hidden=result, prev=None)
+        return self._finish(mb, result, prev, B * L)
+
+    def _finish(self, mb: MicroBatch, result: torch.Tensor, prev, tokens: int) -> MicroBatch | BatchDone:
+        if self.norm is not None:
+            self.stats.add_pooled(mb.seq_ids.tolist(), result)  # [B, H]
+            return BatchDone(mb.batch_id, tokens)
         if prev is not None and self.spec.next_moe_layer(prev[0]) is None:
             prev = None
         wire = None if prev is None else (prev[0], prev[1].cpu().numpy(), prev[2].cpu().numpy())
-        return replace(mb, ids=None, hidden=h.cpu(), prev=wire)
+        return replace(mb, ids=None, hidden=result, prev=wire)
+
+    # ---- replay of the pre-pass (see the module docstring) -------------------------------------
+    def _keep_replay(self, mb: MicroBatch, inp: torch.Tensor, keep: dict, result: torch.Tensor) -> None:
+        self.replay.pop(mb.batch_id, None)
+        tensors = [inp, result] + [t for caps in keep.values() for t in caps if t is not None]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        if self.replay_bytes + nbytes > REPLAY_BYTES:
+            return
+        self.replay[mb.batch_id] = {"seq_ids": mb.seq_ids.copy(), "input": inp, "caps": keep, "result": result,
+                                    "nbytes": nbytes}
+        self.replay_bytes += nbytes
+
+    def _take_replay(self, mb: MicroBatch) -> dict | None:
+        entry = self.replay.pop(mb.batch_id, None)
+        if entry is None:
+            return None
+        self.replay_bytes -= entry["nbytes"]
+        inp = torch.from_numpy(mb.ids) if self.embed is not None else mb.hidden
+        same = (inp is not None and np.array_equal(entry["seq_ids"], mb.seq_ids)
+                and inp.shape == entry["input"].shape and inp.dtype == entry["input"].dtype
+                and torch.equal(inp, entry["input"]))
+        return entry if same else None
+
+    def _replayed(self, mb: MicroBatch, entry: dict) -> MicroBatch | BatchDone:
+        """The statistics pass for one batch from its pre-pass captures (same update calls, same order)."""
+        B, L = entry["input"].shape[:2]
+        cluster = torch.from_numpy(mb.clusters).repeat_interleave(L)  # [T]
+        probe = torch.from_numpy(mb.probe)  # [P]
+        prev = None if mb.prev is None else (mb.prev[0], torch.from_numpy(mb.prev[1]), torch.from_numpy(mb.prev[2]))
+        for l, fields in entry["caps"].items():
+            cap = self.captures[l]
+            for f, t in zip(_CAP_FIELDS, fields):
+                setattr(cap, f, t)
+            prev = self.stats.update(l, cap, cluster, probe, mb.batch_id, self.layers[l].mlp.experts, self._bias(l),
+                                     prev, mb.seq_ids)
+            cap.clear()
+        return self._finish(mb, entry["result"], prev, B * L)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def take_stats(self) -> dict:
