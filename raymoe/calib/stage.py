@@ -181,7 +181,8 @@ class Stage:
 
     # ---- replay of the pre-pass (see the module docstring) -------------------------------------
     def _keep_replay(self, mb: MicroBatch, inp: torch.Tensor, keep: dict, result: torch.Tensor) -> None:
-        self.replay.pop(mb.batch_id, None)
+        old = self.replay.pop(mb.batch_id, None)  # a pre-pass batch submitted again
+        self.replay_bytes -= old["nbytes"] if old is not None else 0
         tensors = [inp, result] + [t for caps in keep.values() for t in caps if t is not None]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         if self.replay_bytes + nbytes > REPLAY_BYTES:
