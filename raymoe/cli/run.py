@@ -10,16 +10,21 @@ __all__ = ["Run"]
 
 
 class Run:
-    help = "run (or resume) a sweep spec: calibrate once, plan and apply every variant, evaluate, report"
+    help = "run (or resume) a sweep spec: calibrate once, plan every variant, evaluate (virtually or as checkpoints), report"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("spec", type=Path, help="sweep spec YAML (see jobs/)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--materialize", action="store_true",
+                       help="write every variant as a checkpoint (default: pruning plans are scored virtually on "
+                            "the source model, only merges and the spec's `materialize` list are written)")
 
     def run(self, args: argparse.Namespace) -> int:
         from raymoe.sweep.spec import load_spec
 
         spec = load_spec(args.spec)  # every check that needs no Ray: names, ratios, model, tasks
+        if args.materialize:
+            spec = spec.model_copy(update={"materialize": True})
         from raymoe.sweep.runner import run_sweep
 
         t0 = time.perf_counter()

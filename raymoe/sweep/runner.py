@@ -5,10 +5,15 @@ The graph on Ray:
 - one calibration per (model hash, data, calibration config), cached under
   `<output>/../.cache/stats/<id>` and shared by every run that asks the same,
 - a planner actor holding the statistics answers every (method, options, ratio),
-- a producer thread applies plans into `variants/<id>/` and submits each variant's unrecorded
+- a producer thread writes each plan (`plans/<id>/plan.json`) and submits the variant's unrecorded
   (variant, task) pairs to the eval fleet's stream as it lands; the fleet schedules pairs of every
   variant submitted so far over all its workers (raymoe.eval.fleet), so evaluation overlaps
   production and several variants are scored at once,
+- a pruning plan is scored *virtually* by default: on the source model with its removed experts
+  masked out of routing (raymoe.plan.mask; equal to its checkpoint's results), so nothing is
+  written but plan.json and each worker loads the source once for all of them; plans that merge
+  experts, and the variants `materialize` names (or all, `materialize: true` / `raymoe run
+  --materialize`), are applied into `variants/<id>/` and scored as checkpoints,
 - the main thread writes each pair as it completes: `rows/<step id>.parquet`, then its record.
 Every finished step leaves a record (raymoe.sweep.records); a rerun of a killed
 sweep skips recorded steps and ends with the same `results.parquet` (rows in grid order, not in
@@ -140,6 +145,11 @@ def _variant_from(path: Path, name: str):
     return Variant.from_path(path, name=name)
 
 
+def _materializes(spec: SweepSpec, cell: SweepVariant) -> bool:
+    m = spec.materialize
+    return m is True or (isinstance(m, list) and (cell.method in m or cell.name in m))
+
+
 class _Scoring:
     """The sweep's side of the fleet stream: which eval steps a variant still needs, and writing each one."""
 
@@ -192,30 +202,49 @@ class _Scoring:
         self.bar.set_postfix_str(name, refresh=False)
 
 
-def _produce(sw: _Sweep, stats_dir: Path, stats_id: str, grid: list[SweepVariant], scoring: _Scoring,
-             errors: list) -> None:
-    """Plan and apply every grid cell not yet written; offer each variant to the fleet as it lands."""
+def _produce(sw: _Sweep, model: Path, stats_dir: Path, stats_id: str, grid: list[SweepVariant],
+             scoring: _Scoring, vparams: list, errors: list) -> None:
+    """Plan every grid cell not yet planned; apply the ones that merge or are to be materialised; offer
+    each variant to the fleet as it lands. `vparams[i]` gets cell i's eval key (virtual or checkpoint)."""
     try:
         import ray
 
-        from raymoe.checkpoint import apply_plan
+        from raymoe.eval.variants import Variant
         from raymoe.methods.planner import Planner
         from raymoe.plan import PrunePlan
 
         planner = None  # the central planner actor, started only if some plan is still missing
-        for cell in grid:
-            def build(sid, cell=cell):
+        for i, cell in enumerate(grid):
+            def plan(sid, cell=cell):
                 nonlocal planner
                 planner = planner or Planner.options(memory=None).remote(str(stats_dir))
-                raw = ray.get(planner.plan.remote(cell.method, cell.ratio, cell.uniform, cell.options))
-                plan = PrunePlan.model_validate(raw)
-                out = sw.run_dir / "variants" / sid
-                apply_plan(plan.model, plan, out, overwrite=True, progress=False)
-                return {"model": sw.rel(out)}, {"name": cell.name, "counts": list(plan.counts().values())}
+                p = PrunePlan.model_validate(ray.get(planner.plan.remote(cell.method, cell.ratio, cell.uniform,
+                                                                         cell.options)))
+                out = sw.run_dir / "plans" / sid / "plan.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                p.save(out)
+                return {"plan": sw.rel(out)}, {"name": cell.name, "counts": list(p.counts().values()),
+                                               "merges": any(lp.merges for lp in p.layers)}
 
-            rec = sw.step("variant", cell.params(stats_id), build)
-            scoring.offer(_variant_from(sw.run_dir / rec.outputs["model"], cell.name),
-                          {"variant": step_id("variant", cell.params(stats_id))})
+            params = cell.params(stats_id)
+            prec = sw.step("plan", params, plan)
+            plan_file = sw.run_dir / prec.outputs["plan"]
+            if prec.info["merges"] or _materializes(sw.spec, cell):
+                def apply(sid, plan_file=plan_file):
+                    from raymoe.checkpoint import apply_plan
+
+                    p = PrunePlan.load(plan_file)
+                    out = sw.run_dir / "variants" / sid
+                    apply_plan(p.model, p, out, overwrite=True, progress=False)
+                    return {"model": sw.rel(out)}, {"name": cell.name, "counts": list(p.counts().values())}
+
+                rec = sw.step("variant", params, apply)
+                vparams[i] = {"variant": rec.id}
+                variant = _variant_from(sw.run_dir / rec.outputs["model"], cell.name)
+            else:
+                vparams[i] = {"plan": prec.id, "virtual": True}
+                variant = Variant.from_plan(plan_file, model, cell.name)
+            scoring.offer(variant, vparams[i])
     except BaseException as err:  # surfaced by the consumer
         errors.append(err)
     finally:
@@ -246,7 +275,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
 
     from raymoe.eval.fidelity import is_fidelity
     from raymoe.eval.fleet import EvalFleet
-    from raymoe.eval.results import write_results
+    from raymoe.eval.results import conform, write_results
     from raymoe.eval.tasks import parse_tasks
     from raymoe.report import build_report
 
@@ -262,15 +291,16 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
                      **({"reference": str(model), "cache_dir": str(sw.cache / "kld")} if is_fidelity(t.name) else {}))
              for t in parse_tasks(spec.eval.tasks, limit=spec.eval.limit)]
     grid = variant_grid(spec)
-    vparams = ([{"variant": "unpruned", "stats": stats_id}] if spec.baseline else []) + \
-        [{"variant": step_id("variant", cell.params(stats_id))} for cell in grid]
-    bar = tqdm(total=len(vparams) * len(tasks), desc=f"sweep {spec.name}", unit="eval", disable=not progress)
+    base = [{"variant": "unpruned", "stats": stats_id}] if spec.baseline else []
+    cells: list = [None] * len(grid)  # each cell's eval key, filled by the producer
+    bar = tqdm(total=(len(base) + len(grid)) * len(tasks), desc=f"sweep {spec.name}", unit="eval", disable=not progress)
     fleet = EvalFleet(opts)  # workers start on the first evaluation still to do (none on a finished rerun)
     scoring = _Scoring(sw, fleet.stream(run_id=spec.name, progress=False), tasks, bar)
     errors: list = []
     if spec.baseline:
-        scoring.offer(_variant_from(model, "unpruned"), vparams[0])
-    producer = threading.Thread(target=_produce, args=(sw, stats_dir, stats_id, grid, scoring, errors), daemon=True)
+        scoring.offer(_variant_from(model, "unpruned"), base[0])
+    producer = threading.Thread(target=_produce, args=(sw, model, stats_dir, stats_id, grid, scoring, cells, errors),
+                                daemon=True)
     producer.start()
     try:
         for done in scoring.stream:  # pairs of every variant written so far, as workers finish them
@@ -281,12 +311,14 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True) -> Path:
     producer.join()
     if errors:
         raise errors[0]
-    eval_ids = [step_id("eval", scoring.params(vp, t)) for vp in vparams for t in tasks]
-    frames = [pl.read_parquet(sw.run_dir / sw.log.done(sid).outputs["rows"]) for sid in eval_ids]
+    eval_ids = [step_id("eval", scoring.params(vp, t)) for vp in base + cells for t in tasks]
+    frames = [conform(pl.read_parquet(sw.run_dir / sw.log.done(sid).outputs["rows"])) for sid in eval_ids]
     rows = pl.concat(frames).to_dicts() if frames else []
     write_results(sw.run_dir / "results.parquet", rows, overwrite=True)
     build_report(sw.run_dir, stats_dir)
     atomic_write_json(sw.run_dir / "steps.json", {"executed": sw.redone,
                                                   "eval_workers_started": fleet.worker_starts > 0,
-                                                  "eval_worker_starts": fleet.worker_starts})
+                                                  "eval_worker_starts": fleet.worker_starts,
+                                                  "engine_loads": sum(fleet.engine_loads.values()),
+                                                  "virtual_variants": sum(1 for c in cells if c.get("virtual"))})
     return sw.run_dir

@@ -88,6 +88,10 @@ class SweepSpec(_Strict):
     ratios: list[float]
     uniform: bool = False
     baseline: bool = True  # also evaluate the unpruned model
+    # which pruning variants are written as checkpoints (True: all; a list: method names or variant
+    # names like "reap@0.5"); the others are scored virtually on the source model (raymoe.plan.mask).
+    # Plans that merge experts are always materialised.
+    materialize: bool | list[str] = False
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     output: str
@@ -180,6 +184,14 @@ def _check_names(spec: SweepSpec, path: Path, node: yaml.Node) -> None:
         problem = check_task(t)
         if problem:
             raise SpecError(f"{path}:{_line_of(node, ('eval', 'tasks', i))}: eval.tasks[{i}]: {problem}")
+    if isinstance(spec.materialize, list):
+        from raymoe.sweep.runner import variant_grid
+
+        known = {m.name for m in spec.methods} | {c.name for c in variant_grid(spec)}
+        for i, name in enumerate(spec.materialize):
+            if name not in known:
+                raise SpecError(f"{path}:{_line_of(node, ('materialize', i))}: materialize[{i}]: {name!r} is neither "
+                                f"a method of this spec nor one of its variants ({', '.join(sorted(known)[:6])}, ...)")
     problem = check_model(spec.model, path.parent)
     if problem:
         raise SpecError(f"{path}:{_line_of(node, ('model',))}: model: {problem}")

@@ -94,6 +94,31 @@ def test_parallel_sweep_overlaps_variants_and_equals_sequential(sequential, tmp_
     assert values(run_dir) == values(sequential)  # equal to the one-worker run
 
 
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def test_virtual_sweep_equals_materialized_and_loads_once(sequential, tmp_path):
+    """The default sweep scored its pruning plans virtually: no checkpoint written, the source loaded once
+    by its one worker; `--materialize` writes every variant and gives the same results (1e-5)."""
+    record = json.loads((sequential / "steps.json").read_text())
+    assert record["virtual_variants"] == 3 and record["engine_loads"] == 1
+    assert not (sequential / "variants").exists() and len(list((sequential / "plans").glob("*/plan.json"))) == 3
+    model = Path(json.loads((sequential / "run.json").read_text())["model"])
+    (tmp_path / "mat.yaml").write_text(spec_text(model, sequential.parent / "materialized"))
+    run = raymoe("run", str(tmp_path / "mat.yaml"), "--quiet", "--materialize")
+    assert run.returncode == 0, run.stderr[-2000:]
+    mat = sequential.parent / "materialized"
+    assert len(list((mat / "variants").iterdir())) == 3 and _bytes(mat / "variants") > 10 * _bytes(sequential / "plans")
+    assert json.loads((mat / "steps.json").read_text())["engine_loads"] == 4  # source + 3 checkpoints
+    got, want = values(sequential), values(mat)
+    assert [r[:3] for r in got] == [r[:3] for r in want]
+    assert all(abs(a[3] - b[3]) <= 1e-5 * max(1.0, abs(b[3])) for a, b in zip(got, want))
+    df = pl.read_parquet(sequential / "results.parquet")
+    assert set(df.filter(pl.col("method") != "unpruned")["virtual"].to_list()) == {True}
+    assert set(pl.read_parquet(mat / "results.parquet")["virtual"].to_list()) == {False}
+
+
 def test_busy_at_once_counts_overlaps():
     assert busy_at_once([(0, 1), (1, 2), (2, 3)]) == 1  # back to back: never two at once
     assert busy_at_once([(0, 3), (1, 2), (1.5, 4), (5, 6)]) == 3
@@ -137,7 +162,8 @@ def test_killed_sweep_resumes_without_redoing_steps(sequential, tmp_path):
     again = raymoe("run", str(tmp_path / "killed.yaml"), "--quiet")  # finished: nothing to do, no eval workers
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run_dir / "steps.json").read_text()) == {"executed": [], "eval_workers_started": False,
-                                                                 "eval_worker_starts": 0}
+                                                                 "eval_worker_starts": 0, "engine_loads": 0,
+                                                                 "virtual_variants": 3}
     assert values(run_dir) == values(sequential)
 
 
