@@ -15,6 +15,9 @@ Printed per run, measured in that run (t0 = first submission, workers already st
 - loads, and the bound on efficiency that one load per variant already imposes:
   S / (S + V * load) (each variant must be loaded at least once).
 
+With virtual variants (`vllm-virtual`, `hf-virtual`: every variant a plan scored on one source model,
+raymoe.plan.mask) a worker loads the source once for all of them, so the bound is S / (S + W * load).
+
     python bench/fleet_scale.py                 # 4 nodes x 2 workers, 40 variants x 3 tasks, SCALE 20
 """
 
@@ -37,15 +40,18 @@ TASKS = ("arc_easy", "piqa", "wiki_heldout_ppl")
 def run_once(args, engine: str, costs: np.ndarray, kill: bool) -> dict:
     from raymoe.eval.fleet import EvalFleet
     from raymoe.eval.options import FleetOptions
-    from raymoe.eval.sleep_worker import write_sleep_variant
+    from raymoe.eval.sleep_worker import write_sleep_source, write_sleep_variant
     from raymoe.eval.tasks import TaskRequest
 
-    load = LOAD_S[engine] / args.scale
+    base, _, mode = engine.partition("-")
+    load = LOAD_S[base] / args.scale
     tasks = [TaskRequest(t) for t in TASKS[: args.tasks]]
     root = tempfile.mkdtemp(prefix="fleet-scale-")
-    variants = [write_sleep_variant(f"{root}/v{i:03d}", f"v{i:03d}", load,
-                                    {t.name: float(costs[i, j]) for j, t in enumerate(tasks)})
-                for i in range(args.variants)]
+    per = {f"v{i:03d}": {t.name: float(costs[i, j]) for j, t in enumerate(tasks)} for i in range(args.variants)}
+    if mode == "virtual":
+        variants = write_sleep_source(f"{root}/source", load, per)
+    else:
+        variants = [write_sleep_variant(f"{root}/{name}", name, load, c) for name, c in per.items()]
     workers = args.nodes * args.workers_per_node
     fleet = EvalFleet(FleetOptions(backend="sleep", workers=workers, num_cpus=1, replace_dead=not kill))
     fleet.start()
@@ -89,7 +95,8 @@ def run_once(args, engine: str, costs: np.ndarray, kill: bool) -> dict:
         ideal, available = S / workers, workers * makespan
     return {"engine": engine, "kill": kill, "workers": workers, "nodes": len(nodes), "jobs": len(done),
             "S": S, "ideal": ideal, "makespan": makespan, "eff": ideal / makespan, "util": busy / available,
-            "loads": loads, "load": load, "bound": S / (S + args.variants * load),
+            "loads": loads, "load": load,
+            "bound": S / (S + (workers if mode == "virtual" else args.variants) * load),
             "killed": killed, "retried": sum(c.job.attempt > 1 for c in done)}
 
 
@@ -100,8 +107,10 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=40)
     p.add_argument("--tasks", type=int, default=3, choices=[1, 2, 3])
     p.add_argument("--scale", type=float, default=20.0, help="every cost is divided by this")
-    p.add_argument("--engines", default="hf,vllm", help="engine-load costs to simulate: hf, vllm")
-    p.add_argument("--kill-engine", default="hf", help="engine costs of the run with a worker killed ('' none)")
+    p.add_argument("--engines", default="hf,vllm,vllm-virtual",
+                   help="engine-load costs to simulate: hf, vllm (a checkpoint per variant), hf-virtual, vllm-virtual")
+    p.add_argument("--kill-engine", default="hf,vllm-virtual",
+                   help="engine costs of the runs with a worker killed ('' none)")
     p.add_argument("--produce-s", type=float, default=0.0, help="seconds between variant submissions")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -123,16 +132,16 @@ def main() -> None:
           f"{args.variants} variants x {args.tasks} tasks, job cost U[{TASK_S[0]:g}, {TASK_S[1]:g}] s / {args.scale:g}, "
           f"loads {', '.join(f'{k} {v:g} s' for k, v in LOAD_S.items())} / {args.scale:g}")
     runs = [(e, False) for e in args.engines.split(",") if e]
-    runs += [(args.kill_engine, True)] if args.kill_engine else []
+    runs += [(e, True) for e in args.kill_engine.split(",") if e]
     try:
         results = [run_once(args, e, costs, kill) for e, kill in runs]
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print(f"{'loads':>6} {'kill':>5} {'W':>3} {'nodes':>5} {'S (s)':>7} {'ideal':>7} {'makespan':>9} "
+    print(f"{'loads':>12} {'kill':>5} {'W':>3} {'nodes':>5} {'S (s)':>7} {'ideal':>7} {'makespan':>9} "
           f"{'ideal/mk':>9} {'mk/ideal':>9} {'util':>6} {'loads':>6} {'bound':>6}")
     for r in results:
-        print(f"{r['engine']:>6} {'yes' if r['kill'] else 'no':>5} {r['workers']:>3} {r['nodes']:>5} {r['S']:>7.1f} "
+        print(f"{r['engine']:>12} {'yes' if r['kill'] else 'no':>5} {r['workers']:>3} {r['nodes']:>5} {r['S']:>7.1f} "
               f"{r['ideal']:>7.2f} {r['makespan']:>9.2f} {r['eff']:>9.3f} {1 / r['eff']:>9.3f} {r['util']:>6.3f} "
               f"{r['loads']:>6} {r['bound']:>6.3f}")
         if r["kill"]:
