@@ -303,7 +303,9 @@ def apply_plan(source: str | Path, plan: PrunePlan, out: str | Path, *, overwrit
                 raise
             writer.close()
         bar.close()
-        if (source / INDEX_FILE).is_file():
+        if (source / INDEX_FILE).is_file() or plan.alignment is not None:
+            # with the alignment sidecar (plan.align.safetensors) beside the weights, an index is what tells
+            # loaders that read every *.safetensors of a directory (vLLM) which files hold weights
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         cfg = pruned_config(spec.config, spec, counts)
