@@ -94,6 +94,32 @@ def test_lm_eval_scores_match_transformers_backend(vllm_worker, eval_models):
             assert g[m]["value"] == pytest.approx(h[m]["value"], rel=1e-4), m
 
 
+def test_virtual_variant_through_lm_eval_equals_its_checkpoint(vllm_worker, eval_models):
+    """lm-eval tasks on the vLLM worker: the source with the plan's mask (a virtual variant, also KL through the
+    masked transformers copy) equals the materialised checkpoint (1e-4), and unmasked afterwards the source."""
+    import ray
+
+    from dataclasses import replace
+
+    from raymoe.eval.variants import Variant
+
+    m = eval_models("qwen3_moe")
+    virtual = Variant.from_plan(m["mixed"] / "plan.json", m["base"], name="virtual-mixed")
+    ckpt = str(m["mixed"])
+    tasks = [TaskRequest("arc_easy", 8), TaskRequest("wiki_ppl", 1),
+             replace(TaskRequest("kld:wiki_heldout", 2), reference=str(m["base"]), cache_dir=str(m["base"] / "kld"))]
+    for task in tasks:
+        got = ray.get(vllm_worker.evaluate.remote(virtual.path, task, virtual.mask))
+        want = ray.get(vllm_worker.evaluate.remote(ckpt, task))
+        g, w = ({r["metric"]: r["value"] for r in x["rows"]} for x in (got, want))
+        assert g.keys() == w.keys()
+        for metric in g:
+            assert g[metric] == pytest.approx(w[metric], rel=1e-4, abs=1e-6), (task.name, metric)
+    plain = ray.get(vllm_worker.evaluate.remote(virtual.path, tasks[1]))  # no mask: the source itself
+    masked = ray.get(vllm_worker.evaluate.remote(virtual.path, tasks[1], virtual.mask))
+    assert {r["metric"]: r["value"] for r in plain["rows"]} != {r["metric"]: r["value"] for r in masked["rows"]}
+
+
 @pytest.fixture(scope="module")
 def tiny_testbed(tmp_path_factory):
     """A testbed export (shared layout: stock Qwen2-MoE with a shared expert) of a random dense Llama."""
