@@ -89,3 +89,20 @@ def vllm_python():
         pytest.fail(f"no vLLM environment at {VLLM_PYTHON.parent.parent}: create it with `make vllm-env`, "
                     "or deselect these tests with -m 'not vllm'")
     return VLLM_PYTHON
+
+
+@pytest.fixture(scope="module")
+def vllm_worker(vllm_python, request):
+    """One raymoe vLLM worker actor for the test module (joins the running Ray, or starts a small local one)."""
+    import ray
+
+    from raymoe.eval.backends import actor_options
+    from raymoe.eval.options import EngineOptions
+    from raymoe.eval.vllm_worker import VLLMWorker
+
+    if not ray.is_initialized():  # shut down after the module (tests/conftest.py)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    opts = EngineOptions(vllm_python=vllm_python)
+    worker = VLLMWorker.options(**actor_options("vllm", opts, 1)).remote(f"vllm-{request.module.__name__}", opts)
+    yield worker
+    ray.kill(worker)

@@ -55,22 +55,6 @@ def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 
 
 @pytest.fixture(scope="module")
-def vllm_worker(vllm_python):
-    import ray
-
-    from raymoe.eval.backends import actor_options
-    from raymoe.eval.options import EngineOptions
-    from raymoe.eval.vllm_worker import VLLMWorker
-
-    if not ray.is_initialized():  # shut down after the module (tests/conftest.py)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    opts = EngineOptions(vllm_python=vllm_python)
-    worker = VLLMWorker.options(**actor_options("vllm", opts, 1)).remote("vllm-merged", opts)
-    yield worker
-    ray.kill(worker)
-
-
-@pytest.fixture(scope="module")
 def merged(family_models, tmp_path_factory):
     """family -> (plan, merged checkpoint path, base path), built once per family."""
     from raymoe.checkpoint import apply_plan

@@ -32,22 +32,6 @@ def prompts(vocab: int = 320) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def vllm_worker(vllm_python):
-    import ray
-
-    from raymoe.eval.backends import actor_options
-    from raymoe.eval.options import EngineOptions
-    from raymoe.eval.vllm_worker import VLLMWorker
-
-    if not ray.is_initialized():  # shut down after the module (tests/conftest.py)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    opts = EngineOptions(vllm_python=vllm_python)
-    worker = VLLMWorker.options(**actor_options("vllm", opts, 1)).remote("vllm-virtual", opts)
-    yield worker
-    ray.kill(worker)
-
-
-@pytest.fixture(scope="module")
 def scored(vllm_worker, family_models, pruning_plan):
     """family -> {name: greedy_and_logprobs result}, computed once per family (three engine loads)."""
     import ray
