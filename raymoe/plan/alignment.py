@@ -67,7 +67,8 @@ class Alignment(BaseModel):
                 if p.shape != (width,) or not np.array_equal(np.sort(p), np.arange(width)):
                     raise ValueError(f"layer {l} expert {e}: not a permutation of {width} neurons")
                 tensors[_name(l, e)] = np.ascontiguousarray(p, dtype=dtype)
-        raw = save(tensors, metadata={"format": "raymoe-alignment", "width": str(width)})
+        # one metadata key: safetensors writes a map's keys in no fixed order, and the bytes are hashed
+        raw = save(tensors, metadata={"format": f"raymoe-alignment width={width}"})
         return cls(sha256=hashlib.sha256(raw).hexdigest(), width=int(width), basis=basis, count=len(tensors),
                    data=base64.b64encode(raw).decode("ascii"))
 
