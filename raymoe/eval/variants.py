@@ -64,11 +64,7 @@ class Variant(BaseModel):
 
     @classmethod
     def from_path(cls, path: str | Path, name: str | None = None) -> "Variant":
-        path = Path(path).expanduser().resolve()
-        spec = MoeModelSpec.from_pretrained(path)  # CheckpointError / NotMoEError with a clear message
-        ckpt = SafetensorsCheckpoint(path)  # weights present, shard headers valid
-        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-            raise CheckpointError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+        path, spec, ckpt = _open_checkpoint(path)
         plan_file = path / "plan.json"
         plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
         return cls(
@@ -79,7 +75,6 @@ class Variant(BaseModel):
             ratio=plan.get("ratio") if plan else None, uniform=spec.is_uniform,
             config_sha256=_sha256(path / "config.json"), plan_sha256=_sha256(plan_file) if plan else None,
             **serving_cost(spec, ckpt))
-
 
     @classmethod
     def from_plan(cls, plan_path: str | Path, source: str | Path | None = None,
@@ -95,22 +90,30 @@ class Variant(BaseModel):
         plan_path = Path(plan_path).expanduser().resolve()
         plan = PrunePlan.load(plan_path)
         mask = ExpertMask.from_plan(plan)  # refuses merges
-        src = cls.from_path(source if source is not None else plan.model)
-        spec = MoeModelSpec.from_pretrained(src.path)
-        ckpt = SafetensorsCheckpoint(src.path)
-        made_for = ((plan.stats or {}).get("model") or {}).get("hash")
-        if made_for and made_for != model_hash(src.path, ckpt):
+        path, spec, ckpt = _open_checkpoint(source if source is not None else plan.model)
+        made_for, found = ((plan.stats or {}).get("model") or {}).get("hash"), model_hash(path, ckpt)
+        if made_for and made_for != found:
             raise PlanError(f"{plan_path} was made for another model (stats model hash {made_for[:12]}, "
-                            f"{src.path} hashes to {model_hash(src.path, ckpt)[:12]})")
+                            f"{path} hashes to {found[:12]})")
         plan.validate_for(spec)  # family, MoE layers, expert counts, top_k, original groups
         counts = [len(mask.keep.get(l, range(spec.experts[l]))) for l in spec.moe_layers]
         default = plan.method if plan.ratio is None else f"{plan.method}@{plan.ratio:g}"
         return cls(
             name=name or default,
-            path=src.path, model_type=src.model_type, family=src.family, experts_per_layer=counts,
-            source_model=src.path, method=plan.method, ratio=plan.ratio, uniform=len(set(counts)) == 1,
-            config_sha256=src.config_sha256, plan_sha256=_sha256(plan_path), virtual=True,
+            path=str(path), model_type=spec.config["model_type"], family=spec.arch.family, experts_per_layer=counts,
+            source_model=str(path), method=plan.method, ratio=plan.ratio, uniform=len(set(counts)) == 1,
+            config_sha256=_sha256(path / "config.json"), plan_sha256=_sha256(plan_path), virtual=True,
             plan_path=str(plan_path), mask=mask.to_wire(), **serving_cost(spec, ckpt, mask))
+
+
+def _open_checkpoint(path: str | Path) -> tuple[Path, MoeModelSpec, SafetensorsCheckpoint]:
+    """(resolved path, expert view, shard headers) of a checkpoint directory, validated, with tokenizer files."""
+    path = Path(path).expanduser().resolve()
+    spec = MoeModelSpec.from_pretrained(path)  # CheckpointError / NotMoEError with a clear message
+    ckpt = SafetensorsCheckpoint(path)  # weights present, shard headers valid
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise CheckpointError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    return path, spec, ckpt
 
 
 def serving_cost(spec: MoeModelSpec, ckpt: SafetensorsCheckpoint, mask=None) -> dict[str, int]:

@@ -154,10 +154,7 @@ class VLLMWorker:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from raymoe.plan.mask import ExpertMask
-
-        engine = self.host.engine_for(path)
-        engine.set_mask(ExpertMask.from_wire(mask))
+        engine = self.host.masked_engine(path, mask)
         llm = engine.llm
         gen = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                            SamplingParams(max_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from raymoe.errors import PlanError
 from raymoe.moe.routing import RoutingRule, route
 from raymoe.moe.spec import MoeModelSpec
+from raymoe.plan.mask import router_flags
 
 __all__ = ["RouterMasks"]
 
@@ -61,15 +61,7 @@ class RouterMasks:
 
     def set(self, mask) -> None:
         """Apply a `raymoe.plan.mask.ExpertMask` (or None: no expert masked) to every router, in place."""
-        unknown = sorted(set(mask.keep) - set(self.gates)) if mask is not None else []
-        if unknown:
-            raise PlanError(f"mask {mask.id} names layers {unknown}, which are not MoE layers of the model")
-        flags = {l: [True] * g.weight.shape[0] if mask is None else mask.available(l, g.weight.shape[0])
-                 for l, g in self.gates.items()}  # every layer checked before any buffer changes
-        for layer, gate in self.gates.items():
-            if sum(flags[layer]) < self.spec.top_k:
-                raise PlanError(f"mask {mask.id}: layer {layer} keeps {sum(flags[layer])} experts, fewer than "
-                                f"top_k={self.spec.top_k}")
+        flags = router_flags(mask, {l: g.weight.shape[0] for l, g in self.gates.items()}, self.spec.top_k)
         for layer, gate in self.gates.items():
             getattr(gate, _BUFFER).copy_(torch.tensor(flags[layer], dtype=torch.bool))
         self.mask_id = None if mask is None else mask.id

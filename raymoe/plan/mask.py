@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from raymoe.errors import PlanError
 
-__all__ = ["ExpertMask", "check_virtual"]
+__all__ = ["ExpertMask", "check_virtual", "router_flags"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,24 @@ def _digest(keep: dict[int, tuple[int, ...]], num: dict[int, int]) -> str:
     return "mask-" + hashlib.sha256(blob).hexdigest()[:16]
 
 
+def router_flags(mask: ExpertMask | None, widths: dict[int, int], top_k: int) -> dict[int, list[bool]]:
+    """Per router (layer -> E), the [E] availability flags of `mask` (None: all True), every layer checked
+    first: PlanError for a layer the model has no router for, another width, or fewer than top_k kept."""
+    if mask is None:
+        return {l: [True] * e for l, e in widths.items()}
+    unknown = sorted(set(mask.keep) - set(widths))
+    if unknown:
+        raise PlanError(f"mask {mask.id} names layers {unknown}, which are not MoE layers of the model")
+    flags = {l: mask.available(l, e) for l, e in widths.items()}
+    for l, f in flags.items():
+        if sum(f) < top_k:
+            raise PlanError(f"mask {mask.id}: layer {l} keeps {sum(f)} experts, fewer than top_k={top_k}")
+    return flags
+
+
 def check_virtual(plan) -> None:
     """A plan that merges experts changes weights, so it cannot be scored by masking: one clear error."""
-    merged = [lp.layer for lp in plan.layers if lp.merges]
+    merged = list(plan.merged_members())
     if merged:
         raise PlanError(f"plan {plan.method!r} merges experts (layers {merged[:4]}{'...' if len(merged) > 4 else ''})"
                         f": merged weights cannot be scored virtually on the source model; materialise it with "

@@ -224,7 +224,7 @@ def _produce(sw: _Sweep, model: Path, stats_dir: Path, stats_id: str, grid: list
                 out.parent.mkdir(parents=True, exist_ok=True)
                 p.save(out)
                 return {"plan": sw.rel(out)}, {"name": cell.name, "counts": list(p.counts().values()),
-                                               "merges": any(lp.merges for lp in p.layers)}
+                                               "merges": bool(p.merged_members())}
 
             params = cell.params(stats_id)
             prec = sw.step("plan", params, plan)

@@ -93,23 +93,14 @@ def set_expert_mask(model: nn.Module, wire: dict | None) -> dict[str, Any]:
     before any buffer changes. Returns {"mask", "layers", "masked"}: the mask id,
     the routers written and the experts masked over all layers.
     """
-    from raymoe.errors import PlanError
-    from raymoe.plan.mask import ExpertMask
+    from raymoe.plan.mask import ExpertMask, router_flags
 
     mask = ExpertMask.from_wire(wire)
     routers = masked_routers(model)
     if not routers:
         raise RuntimeError(f"{type(model).__name__} has no masked routers: serve it through raymoe's plugin class")
-    unknown = sorted(set(mask.keep) - set(routers)) if mask is not None else []
-    if unknown:
-        raise PlanError(f"mask {mask.id} names layers {unknown}, which are not MoE layers of the model")
-    flags = {}
-    for layer, gate in routers.items():
-        avail = getattr(gate, _AVAILABLE)  # [E]
-        flags[layer] = [True] * avail.numel() if mask is None else mask.available(layer, avail.numel())
-        if sum(flags[layer]) < gate.raymoe_top_k:
-            raise PlanError(f"mask {mask.id}: layer {layer} keeps {sum(flags[layer])} experts, fewer than "
-                            f"top_k={gate.raymoe_top_k}")
+    top_k = min(g.raymoe_top_k for g in routers.values())  # one top_k per model (install_router_masks)
+    flags = router_flags(mask, {l: getattr(g, _AVAILABLE).numel() for l, g in routers.items()}, top_k)
     for layer, gate in routers.items():
         avail = getattr(gate, _AVAILABLE)  # [E]
         avail.copy_(torch.tensor(flags[layer], dtype=torch.bool))
