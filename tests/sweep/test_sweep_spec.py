@@ -55,6 +55,8 @@ def test_shipped_specs_parse(path):
     (("[wiki_ppl, arc_easy]", "[wiki_ppl, arc_eesy]"), 8, "unknown task 'arc_eesy'"),
     (("    ratios: [0.25, 0.5]", "    ratios: [0.25, 0.5]\n    calibration: {data: wikii}"), 8,
      "calibration.data: 'wikii' is neither a corpus name"),
+    (("    output: results/t", "    output: results/t\n    materialize: [frequency, reap@0.5]"), 10,
+     "materialize[1]: 'reap@0.5' is neither a method of this spec nor one of its variants"),
 ])
 def test_bad_spec_names_line(tiny_model, tmp_path, edit, line, needle):
     text = base(tiny_model("mixtral")).replace(*edit)
@@ -63,6 +65,12 @@ def test_bad_spec_names_line(tiny_model, tmp_path, edit, line, needle):
     msg = str(err.value)
     assert msg.startswith(f"{tmp_path / 'spec.yaml'}:{line}:"), msg
     assert needle in msg, msg
+
+
+def test_materialize_names_methods_or_variants(tiny_model, tmp_path):
+    text = base(tiny_model("mixtral")).replace("    output: results/t",
+                                               "    output: results/t\n    materialize: [frequency, 'random@0.5[seed=1]']")
+    assert load_spec(write(tmp_path, text)).materialize == ["frequency", "random@0.5[seed=1]"]
 
 
 def test_missing_model(tmp_path):
