@@ -7,15 +7,15 @@ User errors (`RaymoeError`) end with one line `error: ...` and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from raymoe.errors import RaymoeError
+from raymoe.registry import Registry
 
 __all__ = ["main", "SUBCOMMANDS"]
 
 #: subcommand name -> "module:Class"; heavy imports happen only for the chosen one.
-SUBCOMMANDS: dict[str, str] = {
+SUBCOMMANDS: Registry[type] = Registry("subcommand", {
     "calibrate": "raymoe.cli.calibrate:Calibrate",
     "eval": "raymoe.cli.eval:Eval",
     "methods": "raymoe.cli.methods:Methods",
@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "run": "raymoe.cli.run:Run",
     "smoke": "raymoe.cli.smoke:Smoke",
     "testbed": "raymoe.cli.testbed:Testbed",
-}
+})
 
 _HELP: dict[str, str] = {
     "calibrate": "stream calibration text through Ray stage actors, write a stats directory",
@@ -38,11 +38,6 @@ _HELP: dict[str, str] = {
 }
 
 
-def _load(name: str):
-    module, cls = SUBCOMMANDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="raymoe", description=__doc__.splitlines()[0])
@@ -54,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not known.command:
         parser.print_help()
         return 2
-    cmd = _load(known.command)
+    cmd = SUBCOMMANDS.get(known.command)()
     cmd_parser = argparse.ArgumentParser(prog=f"raymoe {known.command}", description=cmd.help)
     cmd.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])

@@ -7,19 +7,23 @@ and returns the PrunePlan. shared/METHODS.md says what each method computes.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
 
 from pydantic import ValidationError
 
 from raymoe.errors import RaymoeError
 from raymoe.methods.budget import Budget, BudgetError
+from raymoe.registry import Registry
 
 __all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load_method", "parse_options",
            "budget_for", "open_weights", "make_plan", "describe_methods", "Budget", "BudgetError"]
 
+class UnknownMethodError(RaymoeError):
+    """No method of that name is registered."""
+
+
 #: method name -> "module:Class" (heavy imports, e.g. torch_geometric, live inside those modules' functions)
-METHODS: dict[str, str] = {
+METHODS: Registry[type] = Registry("method", {
     "c-gnn-prune": "raymoe.methods.cgnn:CGnnPrune",
     "c-prune": "raymoe.methods.cprune:CPrune",
     "c-prune-merge": "raymoe.methods.cprune_merge:CPruneMerge",
@@ -32,11 +36,7 @@ METHODS: dict[str, str] = {
     "naee": "raymoe.methods.naee:Naee",
     "hc-smoe": "raymoe.methods.hcsmoe:HcSmoe",
     "m-smoe": "raymoe.methods.msmoe:MSmoe",
-}
-
-
-class UnknownMethodError(RaymoeError):
-    """No method of that name is registered."""
+}, error=UnknownMethodError)
 
 
 class OptionError(RaymoeError):
@@ -44,15 +44,12 @@ class OptionError(RaymoeError):
 
 
 def method_names() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 def load_method(name: str):
     """An instance of the registered method `name` (UnknownMethodError listing the known ones)."""
-    if name not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return METHODS.get(name)()
 
 
 def parse_options(method, options: Mapping[str, Any] | None):
