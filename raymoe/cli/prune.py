@@ -69,22 +69,16 @@ class Prune:
         return 0
 
     def _plan_from_method(self, args: argparse.Namespace):
-        from raymoe.methods import budget_for, load_method, make_plan, parse_options
-        from raymoe.methods.budget import check_ratio
+        from raymoe.methods import METHODS, validate
         from raymoe.methods.common import model_path
-        from raymoe.store import load_stats
 
-        method = load_method(args.method)  # unknown method: error listing the known ones
-        options = parse_option_pairs(args.option)
-        if "progress" in method.Config.model_fields and "progress" not in options:
-            options["progress"] = not args.quiet
-        parse_options(method, options)  # unknown or bad options fail here, before any work
         if args.ratio is None:
             raise RaymoeError("--method needs --ratio R (the fraction of routed experts removed, in (0, 1))")
-        check_ratio(args.ratio)  # before the stats are read
         if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
             raise RaymoeError(f"output directory {str(args.out)!r} already holds files; choose another --out")
-        stats = load_stats(args.source)
-        budget_for(stats, args.ratio, args.uniform)  # a ratio leaving < top_k experts fails here
-        plan = make_plan(stats, args.method, args.ratio, uniform=args.uniform, options=options)
-        return plan, model_path(stats)
+        options = parse_option_pairs(args.option)
+        if args.method in METHODS and "progress" in METHODS.get(args.method).Config.model_fields:
+            options.setdefault("progress", not args.quiet)
+        # method, options and ratio are checked before the stats are read, the budget right after
+        request = validate(args.source, args.method, args.ratio, uniform=args.uniform, options=options)
+        return request.run(), model_path(request.stats)

@@ -1,8 +1,10 @@
 """Pruning methods: a registry of name -> "module:Class", imported only when chosen.
 
-`make_plan(stats, "reap", 0.5)` validates the method name, its options and the
-budget before any work, opens the expert weights when the method needs them,
-and returns the PrunePlan. shared/METHODS.md says what each method computes.
+`validate(stats, "reap", 0.5)` checks the method name, its options and the
+budget once and returns a MethodRequest (raymoe.methods.request);
+`make_plan(stats, "reap", 0.5)` is validate + run: it opens the expert weights
+when the method needs them and returns the PrunePlan. shared/METHODS.md says
+what each method computes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pydantic import ValidationError
 
 from raymoe.errors import RaymoeError
 from raymoe.methods.budget import Budget, BudgetError
+from raymoe.methods.request import MethodRequest, validate
 from raymoe.registry import Registry
 
 __all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load_method", "parse_options",
-           "budget_for", "open_weights", "make_plan", "describe_methods", "Budget", "BudgetError"]
+           "budget_for", "open_weights", "validate", "MethodRequest", "make_plan", "describe_methods", "Budget",
+           "BudgetError"]
 
 class UnknownMethodError(RaymoeError):
     """No method of that name is registered."""
@@ -92,13 +96,8 @@ def open_weights(stats, required: bool = True):
 
 def make_plan(stats, method: str, ratio: float, *, uniform: bool = False,
               options: Mapping[str, Any] | None = None, weights=None):
-    """Run `method` on `stats` for `ratio`; everything is validated before any work starts."""
-    m = load_method(method)
-    config = parse_options(m, options)
-    budget = budget_for(stats, ratio, uniform)
-    if weights is None and m.weights != "none":
-        weights = open_weights(stats, required=m.weights == "required")
-    return m.plan(stats, weights, budget, config)
+    """Run `method` on `stats` for `ratio`: `validate` (once, before any work), then the request's run."""
+    return validate(stats, method, ratio, uniform=uniform, options=options).run(weights)
 
 
 def describe_methods() -> list[dict[str, Any]]:
