@@ -47,7 +47,7 @@ def main() -> int:
                  "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)
 
-    from raymoe.eval.backends import actor_options, check_backend, worker_class
+    from raymoe.eval.backends import BACKENDS
     from raymoe.eval.options import EngineOptions
     from raymoe.eval.tasks import check_task, parse_tasks
 
@@ -67,8 +67,9 @@ def main() -> int:
         model = build_tiny_model("mixtral", Path(tempfile.mkdtemp(prefix="raymoe-bench-")) / "mixtral", hidden=64,
                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
     opts = {e: EngineOptions(dtype=args.dtype, vllm_python=args.vllm_python, **ENGINES[e][1]) for e in engines}
+    backends = {e: BACKENDS.get(ENGINES[e][0]) for e in engines}
     for e in engines:
-        check_backend(ENGINES[e][0], opts[e], [str(model)])
+        backends[e].check(opts[e], [str(model)])
 
     import ray
 
@@ -76,9 +77,9 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         for e in engines:  # one at a time
-            backend = ENGINES[e][0]
+            backend = backends[e]
             t0 = time.perf_counter()
-            worker = worker_class(backend).options(**actor_options(backend, opts[e], args.cpus)).remote(
+            worker = backend.worker_class().options(**backend.actor_options(opts[e], args.cpus)).remote(
                 f"bench-{e}", opts[e])
             results[e] = {str(t): ray.get(worker.loglikelihood_throughput.remote(str(model.resolve()), t,
                                                                                  args.repeats)) for t in tasks}

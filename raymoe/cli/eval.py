@@ -1,4 +1,4 @@
-"""`raymoe eval VARIANT... [--plan PLAN.json ... --source SOURCE] --tasks T1,T2 --backend hf|vllm --workers N --out RESULTS`.
+"""`raymoe eval VARIANT... [--plan PLAN.json ... --source SOURCE] --tasks T1,T2 --backend BACKEND --workers N --out RESULTS`.
 
 A `--plan` is a virtual variant (raymoe.eval.variants): the source model with the plan's removed experts
 masked out of routing; workers load the source once for all plans of it."""
@@ -34,7 +34,10 @@ class Eval:
                        help="where the reference's cached distributions live (default $RAYMOE_CACHE/kld or "
                             "~/.cache/raymoe/kld)")
         p.add_argument("--limit", type=int, default=None, help="documents per task where NAME:LIMIT is not given")
-        p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+        from raymoe.eval.backends import BACKENDS, scorer_names
+
+        p.add_argument("--backend", choices=scorer_names(), default="hf",
+                       help="; ".join(f"{n}: {BACKENDS.get(n).summary}" for n in scorer_names()))
         p.add_argument("--workers", type=int, default=1, help="engine actors in the pool")
         p.add_argument("--out", type=Path, help="run directory: writes OUT/results.parquet (read by `raymoe report`)")
         p.add_argument("--run", default=None, help="run name in the rows (default: the name of OUT)")
@@ -86,7 +89,7 @@ class Eval:
     def _run(self, args, tasks, kinds, opts) -> int:
         import polars as pl
 
-        from raymoe.eval.backends import check_backend
+        from raymoe.eval.backends import BACKENDS
         from raymoe.eval.fleet import EvalFleet
         from raymoe.eval.reference import check_reference, default_cache_dir
         from raymoe.eval.results import write_results
@@ -94,7 +97,7 @@ class Eval:
         from raymoe.ray_cluster import RayResources, ensure_ray
 
         variants = parse_variants(args.variants, args.plan, args.source)
-        check_backend(opts.backend, opts.engine, [v.path for v in variants])
+        BACKENDS.get(opts.backend).check(opts.engine, [v.path for v in variants])
         if any(kinds[t.name] == "fidelity" for t in tasks):
             if args.reference is None:
                 raise RaymoeError("fidelity tasks (kld:<corpus>) need --reference MODEL (e.g. the unpruned checkpoint)")

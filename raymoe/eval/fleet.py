@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from raymoe import __version__
 from raymoe.errors import RaymoeError
-from raymoe.eval.backends import BackendError, actor_options, check_backend, worker_class
+from raymoe.eval.backends import BACKENDS, BackendError
 from raymoe.eval.fleet_stream import Completed, FleetEvent, FleetStream, Job
 from raymoe.eval.options import FleetOptions
 from raymoe.eval.tasks import TaskRequest
@@ -65,6 +65,7 @@ class EvalFleet:
 
     def __init__(self, opts: FleetOptions) -> None:
         self.opts = opts
+        self.backend = BACKENDS.get(opts.backend)
         self.workers: dict[str, ray.actor.ActorHandle] = {}  # started and ready
         self.info: dict[str, dict] = {}  # worker id -> pid, host, loaded variant path, ...
         self.busy: dict[str, Job] = {}
@@ -85,22 +86,21 @@ class EvalFleet:
 
     def start(self) -> None:
         """Connect to Ray (raymoe.ray_cluster.ensure_ray), check a worker fits a node, start the workers."""
-        o = self.opts
-        check_backend(o.backend, o.engine)
+        o, backend = self.opts, self.backend
+        backend.check(o.engine)
         ensure_ray(RayResources(min_cpus=o.workers * o.num_cpus + 1))
-        need = actor_options(o.backend, o.engine, o.num_cpus)
-        check_fits({"CPU": need["num_cpus"], "GPU": need.get("num_gpus", 0)}, what=f"an eval worker ({o.backend})")
+        need = backend.actor_options(o.engine, o.num_cpus)
+        check_fits({"CPU": need["num_cpus"], "GPU": need.get("num_gpus", 0)}, what=f"an eval worker ({backend.name})")
         refs = [self._launch() for _ in range(o.workers)]
         for ref in refs:  # they start in parallel
             self._ready(ref)
         self.started = True
 
     def _launch(self) -> ray.ObjectRef:
-        wid = f"{self.opts.backend}-{self._next_id}"
+        wid = f"{self.backend.name}-{self._next_id}"
         self._next_id += 1
-        cls = worker_class(self.opts.backend)
-        handle = cls.options(**actor_options(self.opts.backend, self.opts.engine, self.opts.num_cpus),
-                             max_restarts=0).remote(wid, self.opts.engine)
+        options = self.backend.actor_options(self.opts.engine, self.opts.num_cpus)
+        handle = self.backend.worker_class().options(**options, max_restarts=0).remote(wid, self.opts.engine)
         ref = handle.info.remote()
         self._starting[ref] = (wid, handle)
         self.worker_starts += 1
@@ -112,7 +112,7 @@ class EvalFleet:
             self.info[wid] = ray.get(ref)
         except ray.exceptions.RayError as err:
             ray.kill(handle)
-            raise BackendError(f"worker {wid} ({self.opts.backend}) failed to start: {_cause(err)}") from None
+            raise BackendError(f"worker {wid} ({self.backend.name}) failed to start: {_cause(err)}") from None
         self.workers[wid] = handle
 
     def shutdown(self) -> None:
@@ -222,11 +222,11 @@ class EvalFleet:
         pending.appendleft(Job(job.variant, job.task, job.attempt + 1))
         if self.opts.replace_dead:
             self._launch()
-            notify(FleetEvent("replaced", f"{self.opts.backend}-{self._next_id - 1}"))
+            notify(FleetEvent("replaced", f"{self.backend.name}-{self._next_id - 1}"))
 
     def _rows(self, stream: FleetStream, job: Job, result: dict) -> list[dict]:
         v = job.variant
-        common = {"run": stream.run_id, "variant": v.name, "limit": job.task.limit, "backend": self.opts.backend,
+        common = {"run": stream.run_id, "variant": v.name, "limit": job.task.limit, "backend": self.backend.name,
                   "engine": result["version"], "worker": result["worker"], "attempt": job.attempt,
                   "wall_s": result["wall_s"], "model_path": v.path, "model_type": v.model_type, "family": v.family,
                   "source_model": v.source_model, "method": v.method, "ratio": v.ratio, "uniform": v.uniform,

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["EngineOptions", "FleetOptions", "scoring_length"]
+from raymoe.eval.backends import BACKENDS, BackendError
+
+__all__ = ["EngineOptions", "FleetOptions", "BackendName", "scoring_length"]
+
+
+def _known_backend(name: str) -> str:
+    try:
+        BACKENDS.get(name)
+    except BackendError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+#: a backend's name as users write it (raymoe.eval.backends.BACKENDS), checked without importing any worker
+BackendName = Annotated[str, AfterValidator(_known_backend)]
 
 
 class EngineOptions(BaseModel):
@@ -41,7 +55,7 @@ class FleetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["hf", "vllm", "sleep"] = "hf"  # sleep: the benchmark engine (raymoe.eval.sleep_worker)
+    backend: BackendName = "hf"  # resolved with raymoe.eval.backends.BACKENDS.get
     workers: int = Field(1, ge=1)
     max_attempts: int = Field(3, ge=1)  # runs of one (variant, task) pair before the fleet gives up
     replace_dead: bool = True  # start a new worker for each one that dies

@@ -70,5 +70,5 @@ def test_vllm_backend_refuses_unsupported_variable_arch(tmp_path):
     (ckpt / "config.json").write_text(json.dumps({"architectures": ["RaymoeGptOssForCausalLM"]}))
     with pytest.raises(BackendError, match="no implementation of RaymoeGptOssForCausalLM .* use --backend hf"):
         check_backend("vllm", EngineOptions(vllm_python=sys.executable), [str(ckpt)])
-    with pytest.raises(BackendError, match="unknown backend 'tgi'; known: hf, vllm"):
+    with pytest.raises(BackendError, match=r"unknown backend 'tgi' \(known: hf, vllm, sleep\)"):
         check_backend("tgi", EngineOptions())
