@@ -19,8 +19,8 @@ from raymoe.methods.request import MethodRequest, validate
 from raymoe.registry import Registry
 
 __all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load_method", "parse_options",
-           "budget_for", "open_weights", "validate", "MethodRequest", "make_plan", "describe_methods", "Budget",
-           "BudgetError"]
+           "option_message", "budget_for", "open_weights", "validate", "MethodRequest", "make_plan",
+           "describe_methods", "Budget", "BudgetError"]
 
 class UnknownMethodError(RaymoeError):
     """No method of that name is registered."""
@@ -61,13 +61,15 @@ def parse_options(method, options: Mapping[str, Any] | None):
     try:
         return method.Config.model_validate(dict(options or {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        known = ", ".join(method.Config.model_fields) or "none"
-        if first["type"] == "extra_forbidden":
-            raise OptionError(f"method {method.name!r} has no option {where!r} (options: {known})") from None
-        raise OptionError(f"method {method.name!r} option {where!r}: {first['msg']} "
-                          f"(got {first.get('input')!r})") from None
+        raise OptionError(option_message(method.name, method.Config, err.errors()[0])) from None
+
+
+def option_message(name: str, config: type, error: Mapping[str, Any]) -> str:
+    """One line for a pydantic error of method `name`'s Config (shared by parse_options and sweep specs)."""
+    where = ".".join(str(p) for p in error["loc"]) or "options"
+    if error["type"] == "extra_forbidden":
+        return f"method {name!r} has no option {where!r} (options: {', '.join(config.model_fields) or 'none'})"
+    return f"method {name!r} option {where!r}: {error['msg']} (got {error.get('input')!r})"
 
 
 def budget_for(stats, ratio: float, uniform: bool = False) -> Budget:

@@ -108,7 +108,7 @@ class _Sweep:
             return Path(self.spec.model).resolve()
         from raymoe.testbed import TestbedConfig, build_testbed
 
-        cfg = TestbedConfig.parse(**(self.spec.testbed.options if self.spec.testbed else {}))
+        cfg = self.spec.testbed or TestbedConfig()
         params = {"testbed": cfg.model_dump(mode="json")}
 
         def build(sid):
