@@ -208,7 +208,7 @@ def main() -> None:
           f"{weight_bytes / 2**20:.0f} MiB = {peaks[s] / weight_bytes:.3f} (target <= 0.35); "
           f"an actor before loading: {max(idle) / 2**20:.0f} MiB, so weights-attributable "
           f"{(peaks[s] - max(idle)) / weight_bytes:.3f}")
-    t_dist = dist.manifest["run"]["pass_seconds"]
+    t_dist = dist.manifest.run["pass_seconds"]
     print(f"(c) tokens/s: in-process S=1 {tokens / t_local:.0f}, Ray S={args.stages} {tokens / t_dist:.0f} "
           f"({t_dist:.1f} s), bare forward {tokens / t_bare:.0f}")
     if args.model is None and not args.keep:

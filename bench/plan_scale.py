@@ -56,8 +56,8 @@ def _child(args: argparse.Namespace) -> int:
     stats = load_stats(args.stats)
     load_s = time.perf_counter() - t0
     rss_loaded = _hwm_gb()
-    syn = stats.manifest["data"]["synthetic_model"]
-    weights = SyntheticWeights(stats.manifest["model"]["config"], rank=syn["rank"], seed=syn["seed"])
+    syn = stats.manifest.data["synthetic_model"]
+    weights = SyntheticWeights(stats.manifest.model.config, rank=syn["rank"], seed=syn["seed"])
     options = json.loads(args.options)
     t0 = time.perf_counter()
     for module in HEAVY_IMPORTS.get(args.method, []):
@@ -106,7 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
     weights = SyntheticWeights(scale_config(scale, hidden=args.hidden), rank=8, seed=0)
     stats = simulate_stats(weights, sequences=args.sequences, seq_len=args.seq_len, clusters=10,
                            probe_tokens=args.probe_tokens, seed=0)
-    stats.manifest["data"]["synthetic_model"] = {"rank": 8, "seed": 0}
+    stats.manifest.data["synthetic_model"] = {"rank": 8, "seed": 0}
     gen_s = time.perf_counter() - t0
     save_stats(stats, out)
     spec = weights.spec

@@ -29,6 +29,7 @@ from raymoe.data.text import CalibData, calibration_data
 from raymoe.errors import CheckpointError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
 from raymoe.moe.spec import MoeModelSpec
+from raymoe.store.manifest import ModelFacts, StatsManifest
 from raymoe.store.schema import CalibStats
 
 __all__ = ["calibrate", "prepare", "model_hash", "load_tokenizer", "Prepared"]
@@ -66,22 +67,20 @@ def prepare(model: str | Path, config: CalibConfig, data: str | Path | CalibData
     return Prepared(model, config, data)
 
 
-def _manifest(prep: Prepared, run_info: dict) -> dict:
+def _manifest(prep: Prepared, run_info: dict) -> StatsManifest:
+    """The store's manifest: the model with its config.json (family, expert counts, top_k, groups derived
+    from it), so the statistics plan without the checkpoint; the data; the config; how the pass ran."""
     cfg = prep.config
-    return {
-        "model": {"path": str(prep.path), "model_type": prep.spec.config.get("model_type"),
-                  "family": prep.spec.arch.family, "hash": model_hash(prep.path, prep.ckpt),
-                  "num_layers": prep.spec.num_layers, "experts": {str(k): v for k, v in prep.spec.experts.items()},
-                  "top_k": prep.spec.top_k, "hidden_size": prep.spec.hidden_size},
-        "data": dict(prep.data.info, hash=prep.data.hash),
-        "calibration": dict(cfg.manifest(), num_clusters=prep.num_clusters,
-                            probe_tokens_per_batch=prep.probe_tokens,
-                            cluster_features="pooled final hidden states (pre-pass, k-means before the pass)"),
-        "run": dict(run_info, stages=[s.to_dict() for s in prep.stages], replicas=cfg.replicas, local=cfg.local,
-                    placement=cfg.placement),
-        "raymoe_version": raymoe.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return StatsManifest(
+        model=ModelFacts(path=str(prep.path), hash=model_hash(prep.path, prep.ckpt), config=dict(prep.spec.config)),
+        data=dict(prep.data.info, hash=prep.data.hash),
+        calibration=dict(cfg.manifest(), num_clusters=prep.num_clusters, probe_tokens_per_batch=prep.probe_tokens,
+                         cluster_features="pooled final hidden states (pre-pass, k-means before the pass)"),
+        run=dict(run_info, stages=[s.to_dict() for s in prep.stages], replicas=cfg.replicas, local=cfg.local,
+                 placement=cfg.placement),
+        raymoe_version=raymoe.__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _start_ray(address: str | None, cpus_needed: float) -> None:

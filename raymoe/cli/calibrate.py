@@ -63,7 +63,7 @@ class Calibrate:
         prep = Prepared(args.model, cfg, args.data)  # every input check happens here, before Ray starts
         stats = calibrate(prep, progress=not args.no_progress, ray_address=args.address)
         save_stats(stats, out, overwrite=args.overwrite)
-        run = stats.manifest["run"]
+        run = stats.manifest.run
         print(f"wrote {out}: {len(stats.layers)} MoE layers, {run['tokens']} tokens, "
               f"{run['tokens_per_second']:.0f} tokens/s, {len(prep.stages)} stages x {cfg.replicas} replicas")
         return 0

@@ -86,12 +86,13 @@ class Variant(BaseModel):
         from raymoe.moe.safetensors_files import model_hash
         from raymoe.plan import PrunePlan
         from raymoe.plan.mask import ExpertMask
+        from raymoe.store.manifest import recorded_model_hash
 
         plan_path = Path(plan_path).expanduser().resolve()
         plan = PrunePlan.load(plan_path)
         mask = ExpertMask.from_plan(plan)  # refuses merges
         path, spec, ckpt = _open_checkpoint(source if source is not None else plan.model)
-        made_for, found = ((plan.stats or {}).get("model") or {}).get("hash"), model_hash(path, ckpt)
+        made_for, found = recorded_model_hash(plan.stats), model_hash(path, ckpt)
         if made_for and made_for != found:
             raise PlanError(f"{plan_path} was made for another model (stats model hash {made_for[:12]}, "
                             f"{path} hashes to {found[:12]})")

@@ -84,16 +84,22 @@ def open_weights(stats, required: bool = True):
     """The expert weights of the checkpoint the statistics came from (None if optional and absent)."""
     from pathlib import Path
 
-    from raymoe.methods.common import StatsError, model_path
+    from raymoe.methods.common import StatsError, stats_spec
     from raymoe.moe import ExpertWeights
+    from raymoe.moe.safetensors_files import model_hash
 
-    model = stats.manifest.get("model") or {}
-    path = model.get("path") if isinstance(model, dict) else None
+    path = stats.manifest.model.path
     if not required and not (path and (Path(path) / "config.json").is_file()):
         return None
     if required and not (path and Path(path).exists()):
-        raise StatsError(f"this method needs the expert weights, but the stats' model {path!r} does not exist")
-    return ExpertWeights(model_path(stats))
+        raise StatsError(f"this method needs the expert weights, but the stats' model {path!r} does not exist "
+                         f"(methods that read no weights plan from the stats alone)")
+    weights = ExpertWeights(path, stats_spec(stats))
+    recorded = stats.manifest.model.hash
+    if recorded and model_hash(path, weights.ckpt) != recorded:
+        raise StatsError(f"the stats' model {path!r} changed since calibration (its hash is not the recorded "
+                         f"{recorded[:12]}); calibrate again")
+    return weights
 
 
 def make_plan(stats, method: str, ratio: float, *, uniform: bool = False,

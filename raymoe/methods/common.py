@@ -58,18 +58,15 @@ class Method(Protocol):
 
 # ---- the model behind the statistics ---------------------------------------------------------
 def model_path(stats: CalibStats) -> str:
-    model = stats.manifest.get("model") or {}
-    path = model.get("path") if isinstance(model, dict) else None
-    if not path:
-        raise StatsError("stats manifest names no model path (manifest['model']['path'])")
-    return str(path)
+    """The checkpoint the statistics were calibrated on (StatsError when none is recorded)."""
+    if not stats.manifest.model.path:
+        raise StatsError("the stats manifest names no model path (synthetic statistics?)")
+    return stats.manifest.model.path
 
 
 def stats_spec(stats: CalibStats) -> MoeModelSpec:
-    """The model spec the statistics describe: manifest['model']['config'] if recorded, else the checkpoint's."""
-    model = stats.manifest.get("model") or {}
-    cfg = model.get("config") if isinstance(model, dict) else None
-    spec = MoeModelSpec.from_config(cfg) if isinstance(cfg, dict) else MoeModelSpec.from_pretrained(model_path(stats))
+    """The model spec the statistics describe, from the config recorded in their manifest (no checkpoint read)."""
+    spec = stats.manifest.model.spec()
     if stats.experts() != {l: spec.experts[l] for l in stats.layers if l in spec.experts}:
         raise StatsError(f"stats layers/experts {stats.experts()} do not match the model's {spec.experts}")
     return spec
@@ -171,9 +168,7 @@ def build_plan(method: str, config: MethodConfig, stats: CalibStats, budget: Bud
             if len(set(per)) > 1:
                 raise BudgetError(f"{method}: layer {l} keeps {per} experts per original group (n_group="
                                   f"{budget.n_group}); group-limited routing needs the same count in every group")
-    model = stats.manifest.get("model") or {}
-    cfg = model.get("config") if isinstance(model, dict) else None
-    model_type = (cfg or {}).get("model_type") or model.get("model_type") or stats_spec(stats).arch.family
+    model = stats.manifest.model
     layers = [
         LayerPlan(layer=l, num_experts=stats.layers[l].num_experts, keep=sorted(int(e) for e in keep[l]),
                   merges=list((merges or {}).get(l, [])),
@@ -181,8 +176,8 @@ def build_plan(method: str, config: MethodConfig, stats: CalibStats, budget: Bud
         for l in sorted(keep)
     ]
     return PrunePlan(method=method, config=config.model_dump(mode="json"), ratio=budget.ratio,
-                     uniform=budget.uniform, model=str(model.get("path", "")), model_type=model_type,
-                     stats=dict(stats.manifest), layers=layers)
+                     uniform=budget.uniform, model=model.path, model_type=model.model_type,
+                     stats=stats.manifest.to_json(), layers=layers)
 
 
 def keep_by_scores(stats: CalibStats, budget: Budget, scores: Mapping[int, np.ndarray]) -> dict[int, list[int]]:

@@ -1,7 +1,9 @@
 """The stats store: one directory per calibration, written atomically, never pickled.
 
-  manifest.json          model {path, model_type, hash, ...}, data {..., hash}, calibration {config},
-                         raymoe_version, created, num_clusters, files, schema_version
+  manifest.json          `StatsManifest` (raymoe/store/manifest.py): model {path, hash, config (config.json),
+                         model_type, family, experts, top_k, n_group, ...}, data {..., hash},
+                         calibration {config}, run, raymoe_version, created, num_clusters, files,
+                         schema_version
   experts.parquet        one row per (layer, expert): layer, expert, num_experts, top_k, tokens,
                          probe_tokens and the [E] sums of `VECTOR_FIELDS`
   matrices.safetensors   "L{layer}.{field}" for the matrix fields (float64 sums; probe_inputs, pooled_inputs float32)
@@ -9,8 +11,10 @@
   traces.parquet         sampled routing traces: seq, pos, layer, experts (list<int32>), weights (list<float32>)
 
 `save_stats` writes into a temporary sibling and renames it when complete
-(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there and that the
-store's `schema_version` is this raymoe's `SCHEMA_VERSION` (a store without one is version 1).
+(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there, that the
+store's `schema_version` is this raymoe's `SCHEMA_VERSION` (a store without one is version 1),
+and validates the manifest (a store without the model config is upgraded from its model path,
+or refused: `raymoe.store.manifest`).
 """
 
 from __future__ import annotations
@@ -21,19 +25,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
 
-from raymoe.errors import RaymoeError
 from raymoe.io import atomic_dir
+from raymoe.store.manifest import StatsManifest, StatsStoreError, upgrade_manifest
 from raymoe.store.schema import MATRIX_FIELDS, SCHEMA_VERSION, VECTOR_FIELDS, CalibStats, LayerStats
 
-__all__ = ["StatsStoreError", "save_stats", "load_stats", "STORE_FILES"]
+__all__ = ["StatsStoreError", "save_stats", "load_stats", "read_manifest", "STORE_FILES"]
 
 STORE_FILES = ("manifest.json", "experts.parquet", "matrices.safetensors", "sequences.parquet", "traces.parquet")
-
-
-class StatsStoreError(RaymoeError):
-    """A stats directory is missing, incomplete, or would be overwritten."""
 
 
 def _experts_table(stats: CalibStats) -> pa.Table:
@@ -84,9 +85,9 @@ def save_stats(stats: CalibStats, path: str | Path, *, overwrite: bool = False) 
             if value is not None:
                 dtype = np.float32 if name in ("probe_inputs", "pooled_inputs") else np.float64
                 matrices[f"L{l}.{name}"] = np.ascontiguousarray(value, dtype=dtype)
-    seq_len = int(stats.manifest.get("data", {}).get("seq_len", 0))
-    manifest = dict(stats.manifest, num_clusters=int(stats.num_clusters), files=list(STORE_FILES),
-                    schema_version=SCHEMA_VERSION)
+    seq_len = int(stats.manifest.data.get("seq_len", 0))
+    manifest = stats.manifest.model_copy(update={"num_clusters": int(stats.num_clusters), "files": list(STORE_FILES),
+                                                 "schema_version": SCHEMA_VERSION}).to_json()
     with atomic_dir(path, overwrite=overwrite) as tmp:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         pq.write_table(_experts_table(stats), tmp / "experts.parquet")
@@ -108,6 +109,25 @@ def _read_traces(path: Path) -> dict[str, np.ndarray]:
             "weights": np.asarray(t.column("weights").to_pylist(), dtype=np.float32).reshape(len(experts), -1)}
 
 
+def read_manifest(path: str | Path) -> StatsManifest:
+    """The validated manifest of the stats directory `path` (StatsStoreError saying what is wrong)."""
+    path = Path(path)
+    try:
+        raw = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as err:
+        raise StatsStoreError(f"{path}/manifest.json: invalid JSON ({err.msg})") from None
+    version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise StatsStoreError(f"{path} holds statistics of schema version {version}; this raymoe reads version "
+                              f"{SCHEMA_VERSION} (calibrate again)")
+    try:
+        return StatsManifest.model_validate(upgrade_manifest(raw, path))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise StatsStoreError(f"{path}/manifest.json: {where}: {first['msg']}") from None
+
+
 def load_stats(path: str | Path) -> CalibStats:
     """Read a stats directory written by `save_stats`."""
     path = Path(path)
@@ -116,14 +136,7 @@ def load_stats(path: str | Path) -> CalibStats:
     missing = [f for f in STORE_FILES[:4] if not (path / f).is_file()]
     if missing:
         raise StatsStoreError(f"{path} is not a complete stats directory (missing {', '.join(missing)})")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except json.JSONDecodeError as err:
-        raise StatsStoreError(f"{path}/manifest.json: invalid JSON ({err.msg})") from None
-    version = manifest.get("schema_version", 1)
-    if version != SCHEMA_VERSION:
-        raise StatsStoreError(f"{path} holds statistics of schema version {version}; this raymoe reads version "
-                              f"{SCHEMA_VERSION} (calibrate again)")
+    manifest = read_manifest(path)
     rows = pq.read_table(path / "experts.parquet").to_pydict()
     matrices = load_file(str(path / "matrices.safetensors"))
     layers: dict[int, LayerStats] = {}
@@ -144,6 +157,6 @@ def load_stats(path: str | Path) -> CalibStats:
     extra = {}
     if (path / "traces.parquet").is_file():
         extra["traces"] = _read_traces(path / "traces.parquet")
-    return CalibStats(manifest=manifest, layers=layers, num_clusters=int(manifest.get("num_clusters", 0)),
+    return CalibStats(manifest=manifest, layers=layers, num_clusters=manifest.num_clusters,
                       seq_cluster=seqs.column("cluster").to_numpy().astype(np.int64), seq_pooled=seq_pooled,
                       extra=extra)

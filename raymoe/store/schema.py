@@ -14,7 +14,8 @@ default probe budget grew (CalibConfig.probe_hits). A store of another version i
 refused on load (`raymoe.store.io.load_stats`), so old caches are not reused.
 
 On disk (the stats store directory, written atomically, never pickled):
-  manifest.json          model id/hash, data hash, calibration config, version, created
+  manifest.json          `raymoe.store.manifest.StatsManifest`: the model (path, hash, config.json and
+                         the facts derived from it), data hash, calibration config, version, created
   experts.parquet        one row per (layer, expert): the [E] vectors below
   matrices.safetensors   "L{layer}.{field}" for the matrix fields below
   sequences.parquet      per sequence: id, cluster, n_tokens, pooled hidden state
@@ -23,8 +24,12 @@ On disk (the stats store directory, written atomically, never pickled):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from raymoe.store.manifest import StatsManifest
 
 __all__ = ["LayerStats", "CalibStats", "VECTOR_FIELDS", "MATRIX_FIELDS", "SCHEMA_VERSION"]
 
@@ -132,14 +137,20 @@ class LayerStats:
 
 @dataclass
 class CalibStats:
-    """All MoE layers' statistics plus per-sequence records and the manifest."""
+    """All MoE layers' statistics plus per-sequence records and the manifest (a dict is validated into one)."""
 
-    manifest: dict
+    manifest: "StatsManifest"
     layers: dict[int, LayerStats]  # decoder layer index -> stats
     num_clusters: int = 0  # K calibration clusters (Pathfinder)
     seq_cluster: np.ndarray | None = None  # [N] cluster id per calibration sequence
     seq_pooled: np.ndarray | None = None  # [N, H] pooled hidden states
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from raymoe.store.manifest import StatsManifest  # the manifest module imports SCHEMA_VERSION from here
+
+        if not isinstance(self.manifest, StatsManifest):
+            self.manifest = StatsManifest.model_validate(self.manifest)
 
     @property
     def moe_layers(self) -> list[int]:

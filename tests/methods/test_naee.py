@@ -71,7 +71,8 @@ def test_naee_without_weights_fails_clearly(traced):
     from raymoe.methods.common import StatsError
 
     stats, _, _ = traced("mixtral")
-    broken = type(stats)(manifest={**stats.manifest, "model": {**stats.manifest["model"], "path": "/nonexistent"}},
+    model = stats.manifest.model.model_copy(update={"path": "/nonexistent"})
+    broken = type(stats)(manifest=stats.manifest.model_copy(update={"model": model}),
                          layers=stats.layers, num_clusters=stats.num_clusters)
     with pytest.raises(StatsError, match="needs the expert weights"):
         make_plan(broken, "naee", 0.5)

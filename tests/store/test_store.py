@@ -15,6 +15,10 @@ from raymoe.store import (MATRIX_FIELDS, STORE_FILES, VECTOR_FIELDS, CalibStats,
 pytestmark = pytest.mark.unit
 
 H, K = 6, 3
+#: a DeepSeek-V2 config with a dense layer 0 and per-layer expert counts 4, 6, 4
+CONFIG = {"model_type": "deepseek_v2", "num_hidden_layers": 4, "first_k_dense_replace": 1, "n_routed_experts": 6,
+          "raymoe_experts_per_layer": [0, 4, 6, 4], "num_experts_per_tok": 2, "hidden_size": H,
+          "moe_intermediate_size": 8}
 
 
 def random_stats(seed: int = 0) -> CalibStats:
@@ -38,7 +42,7 @@ def random_stats(seed: int = 0) -> CalibStats:
             st.trans_routed, st.trans_routed_by_cluster = rng.random((E, E2)), rng.random((K, E, E2))
         st.pooled_inputs = rng.standard_normal((5, H)).astype(np.float32)
         layers[l] = st
-    manifest = {"model": {"path": "/abs/model", "model_type": "deepseek_v2", "hash": "ab" * 32},
+    manifest = {"model": {"path": "/abs/model", "hash": "ab" * 32, "config": CONFIG},
                 "data": {"source": "wiki", "seq_len": 16, "hash": "cd" * 32}, "calibration": {"samples": 5},
                 "raymoe_version": "0.1.0", "created": "2026-01-01T00:00:00+00:00"}
     traces = {"seq": np.array([0, 1]), "pos": np.array([3, 4]), "layer": np.array([1, 1]),
@@ -69,7 +73,8 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(back.seq_pooled, stats.seq_pooled)
     for key, value in stats.extra["traces"].items():
         np.testing.assert_array_equal(back.extra["traces"][key], value)
-    assert back.manifest["model"] == stats.manifest["model"] and back.manifest["num_clusters"] == K
+    assert back.manifest.model == stats.manifest.model and back.manifest.num_clusters == K
+    assert back.manifest.model.experts == {1: 4, 2: 6, 3: 4} and back.manifest.model.family == "deepseek_v2"
 
 
 def test_other_schema_version_is_refused(tmp_path):
