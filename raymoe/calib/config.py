@@ -9,9 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from raymoe.store.schema import SCHEMA_VERSION
 
-__all__ = ["CalibConfig", "DTYPES"]
+__all__ = ["CalibConfig", "DTYPES", "Placement"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: how the stage actors spread over the nodes (Ray placement-group strategies)
+Placement = Literal["pack", "strict_spread", "spread"]
 
 
 class CalibConfig(BaseModel):
@@ -54,7 +56,7 @@ class CalibConfig(BaseModel):
     window: int = Field(8, ge=1, description="micro-batches per replica between commits (fault recovery unit)")
     num_cpus: float = Field(1.0, ge=0, description="CPUs per stage actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per stage actor")
-    placement: Literal["pack", "strict_spread", "spread"] = "pack"
+    placement: Placement = "pack"
     max_restarts: int = Field(3, ge=0, description="restarts of a dead stage actor (its window is redone)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     local: bool = Field(False, description="run all stages in this process (no Ray)")

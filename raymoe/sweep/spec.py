@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from raymoe.calib.config import CalibConfig
+from raymoe.calib.config import CalibConfig, Placement
 from raymoe.errors import RaymoeError
 from raymoe.testbed.config import TestbedConfig, TestbedConfigError
 
@@ -121,10 +121,10 @@ class MethodGrid(_Strict):
     def _validate_options(self) -> "MethodGrid":
         from raymoe.methods import METHODS, option_message
 
-        config = METHODS.get(self.name).Config
+        config, configs = METHODS.get(self.name).Config, []
         for opts in self.option_sets():
             try:
-                self._configs.append(config.model_validate(opts))
+                configs.append(config.model_validate(opts))
             except ValidationError as err:
                 e = err.errors()[0]
                 key = e["loc"][0] if e["loc"] else None
@@ -133,6 +133,7 @@ class MethodGrid(_Strict):
                 msg = PydanticCustomError("method_option", option_message(self.name, config, e))
                 raise ValidationError.from_exception_data(
                     "MethodGrid", [InitErrorDetails(type=msg, loc=where, input=e.get("input"))]) from None
+        self._configs = configs
         return self
 
 
@@ -152,7 +153,7 @@ class ResourceSpec(_Strict):
     address: str | None = None  # an existing cluster ("auto" inside a Ray job)
     stage_gpus: float = 0.0  # GPUs per calibration stage actor
     worker_gpus: int = Field(0, ge=0)  # GPUs per eval worker (= vLLM tensor parallel size; 0: CPU)
-    placement: Literal["pack", "spread", "strict_spread"] = "pack"  # calibration stages across nodes
+    placement: Placement = "pack"  # calibration stages across nodes (CalibConfig.placement)
 
 
 class SweepSpec(_Strict):
