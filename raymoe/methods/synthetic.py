@@ -231,7 +231,7 @@ def simulate_stats(weights, *, sequences: int = 32, seq_len: int = 32, clusters:
         traces.append((np.arange(nt) // seq_len, np.arange(nt) % seq_len, np.full(nt, l), idx[:nt].numpy(),
                        w[:nt].float().numpy()))
     manifest = {
-        "model": {"path": model_path or "", "config": dict(spec.config), "model_type": spec.arch.family},
+        "model": {"path": model_path or "", "config": dict(spec.config)},  # facts derived from the config
         "data": {"synthetic": True, "sequences": sequences, "seq_len": seq_len, "seed": seed},
         "calibration": {"clusters": K, "probe_tokens": int(len(probe)), "stats_schema": SCHEMA_VERSION},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),

@@ -47,6 +47,8 @@ class MoeModelSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "MoeModelSpec":
+        """The spec of a parsed config.json: a checkpoint's, or the one a stats manifest records
+        (`raymoe.store.manifest.ModelFacts.spec`), so no checkpoint is needed."""
         arch = arch_for_config(cfg)
         layers = arch.moe_layers(cfg)
         default_e = arch.num_experts(cfg)

@@ -80,6 +80,9 @@ class ModelFacts(BaseModel):
                 raise ValueError(f"model.{key} is {given!r} but model.config gives {value!r}")
         return {**data, **derived}
 
+    def __eq__(self, other: object) -> bool:  # the facts, not whether the spec was built yet
+        return isinstance(other, ModelFacts) and self.model_dump() == other.model_dump()
+
     def spec(self) -> "MoeModelSpec":
         """The model's expert view, from the recorded config (no checkpoint needed; built once)."""
         if self._spec is None:

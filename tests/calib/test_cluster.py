@@ -40,7 +40,7 @@ def test_strict_spread_puts_stages_on_different_nodes(cluster, tiny_model):
         stats = calibrate(path, cfg, "tiny", pool=pool, progress=False)
     finally:
         pool.shutdown()
-    assert [a["node"] for a in stats.manifest["run"]["actors"]] == nodes
+    assert [a["node"] for a in stats.manifest.run["actors"]] == nodes
     local = calibrate(path, cfg.model_copy(update={"local": True}), "tiny", progress=False)
     for l in local.layers:
         assert_layer_close(stats.layers[l], local.layers[l], rtol=1e-5, atol_rel=1e-6, where=f"layer {l}")

@@ -10,6 +10,9 @@ with different thread counts, and replicas add partial sums in a different order
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
@@ -59,8 +62,8 @@ def runs(pool, tiny_model):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stages_and_replicas_equal_one_process(family, runs, tiny_model):
     one, dist, _ = runs(family)
-    assert len(dist.manifest["run"]["stages"]) == 3 and dist.manifest["run"]["replicas"] == 2
-    assert dist.manifest["run"]["restarts"] == 0
+    assert len(dist.manifest.run["stages"]) == 3 and dist.manifest.run["replicas"] == 2
+    assert dist.manifest.run["restarts"] == 0
     assert sorted(one.layers) == sorted(dist.layers)
     for l in one.layers:
         assert_layer_close(dist.layers[l], one.layers[l], rtol=1e-5, atol_rel=1e-6, where=f"{family} layer {l}")
@@ -74,7 +77,7 @@ def test_stages_and_replicas_equal_one_process(family, runs, tiny_model):
 def test_each_actor_loaded_only_its_own_layers(family, runs, tiny_model):
     _, dist, _ = runs(family)
     ckpt = SafetensorsCheckpoint(tiny_model(family))
-    stages = dist.manifest["run"]["stages"]
+    stages = dist.manifest.run["stages"]
     loaded = dist.extra["actor_loaded"]  # [replica x stage] in pool order
     assert len(loaded) == 6
     for i, names in enumerate(loaded):
@@ -93,7 +96,7 @@ def test_transition_across_stage_boundary(family, runs, tiny_model):
     """The transition of the last MoE layer of a stage to the first MoE layer of the next one."""
     _, dist, data = runs(family)
     spec = MoeModelSpec.from_pretrained(tiny_model(family))
-    stages = dist.manifest["run"]["stages"]
+    stages = dist.manifest.run["stages"]
     crossing = [(l, spec.next_moe_layer(l)) for l in spec.moe_layers if spec.next_moe_layer(l) is not None
                 and any(st["first"] <= l < st["last"] <= spec.next_moe_layer(l) for st in stages)]
     assert crossing, "the shard plan puts no MoE transition across a stage boundary"
@@ -122,7 +125,7 @@ def test_killed_stage_actor_restarts_and_run_completes(pool, runs, tiny_model):
 
     stats = calibrate(Prepared(tiny_model("mixtral"), DIST, data), pool=pool, progress=False, on_event=on_event)
     assert killed == [4]
-    run = stats.manifest["run"]
+    run = stats.manifest.run
     assert run["restarts"] == 1 and run["redone_windows"] >= 1
     for l in one.layers:
         assert_layer_close(stats.layers[l], one.layers[l], rtol=1e-5, atol_rel=1e-6, where=f"layer {l}")
@@ -142,8 +145,9 @@ def test_cli_calibrate_writes_loadable_stats(pool, tiny_model, tmp_path):
     assert rc == 0
     stats = load_stats(out)
     man = stats.manifest
-    assert man["model"]["path"] == str(tiny_model("olmoe"))
-    assert man["model"]["model_type"] == "olmoe" and len(man["model"]["hash"]) == 64
-    assert len(man["data"]["hash"]) == 64 and man["calibration"]["samples"] == 4
-    assert len(man["run"]["stages"]) == 2
+    assert man.model.path == str(tiny_model("olmoe"))
+    assert man.model.model_type == "olmoe" and len(man.model.hash) == 64
+    assert man.model.config == json.loads((Path(tiny_model("olmoe")) / "config.json").read_text())
+    assert len(man.data["hash"]) == 64 and man.calibration["samples"] == 4
+    assert len(man.run["stages"]) == 2
     assert [st.counts.sum() for st in stats.layers.values()] == [4 * 16 * 2] * 4

@@ -56,7 +56,7 @@ def test_local_stats_equal_independent_reference(family, tiny_model):
     by = stats.layers[spec.moe_layers[0]]
     np.testing.assert_allclose(by.trans_intensity_by_cluster.sum(0), by.trans_intensity, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(by.trans_routed_by_cluster.sum(0), by.trans_routed, rtol=1e-5, atol=1e-9)
-    assert stats.manifest["calibration"]["stats_schema"] == 2
+    assert stats.manifest.calibration["stats_schema"] == 2
 
 
 @pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
@@ -65,7 +65,7 @@ def test_in_process_stages_equal_one_stage(family, tiny_model):
     path = tiny_model(family)
     one = calibrate(path, CFG, "tiny", progress=False)
     three = calibrate(path, CFG.model_copy(update={"stages": 3}), "tiny", progress=False)
-    stages = three.manifest["run"]["stages"]
+    stages = three.manifest.run["stages"]
     assert len(stages) == 3
     for l in one.layers:
         assert_layer_close(three.layers[l], one.layers[l], rtol=1e-6, atol_rel=1e-7, where=f"layer {l}")
@@ -114,7 +114,7 @@ def test_variable_expert_checkpoint(tiny_model, tmp_path):
     cfg = CFG.model_copy(update={"stages": 2})
     data = calibration_data("tiny", load_tokenizer(path), cfg.samples, cfg.seq_len, cfg.seed)
     stats = calibrate(Prepared(path, cfg, data), progress=False)
-    assert stats.manifest["model"]["model_type"] == "raymoe_qwen3_moe"
+    assert stats.manifest.model.model_type == "raymoe_qwen3_moe"
     assert stats.experts() == {l: len(k) for l, k in keeps.items()}
     assert stats.layers[0].trans.shape == (6, 3) and stats.layers[1].trans_intensity_by_cluster.shape == (3, 3, 8)
     ref = hf_reference(path, data.ids, stats.seq_cluster, stats.num_clusters, probe_tokens(stats))
