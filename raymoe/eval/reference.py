@@ -5,8 +5,12 @@ reference's tokenizer (no special tokens added) and cut into its first
 `windows_per_doc` windows of `window` tokens (fewer for short documents; a
 window needs >= 2 tokens). Position t of a window predicts token t + 1.
 
-Cache: one safetensors file per (reference checkpoint layout hash, corpus,
-window settings, K), written atomically, never pickled:
+Cache: one safetensors file per (reference checkpoint, corpus, window settings, K),
+written atomically, never pickled. The checkpoint is identified by its layout hash
+(config.json, tensor names, dtypes, shapes, byte ranges) and by each shard file's
+size and modification time (`weights_stamp`): two checkpoints of one layout but other
+weights (e.g. the unhealed and the healed testbed) never share a cache file, and a
+rebuilt checkpoint misses the cache instead of hashing all its bytes. Layout:
   tokens [N, W] int32 (zero-padded), lengths [N], docs [N]     the windows
   top_logp [P, K] float32, top_ids [P, K] int32                the reference's top-K log-probabilities
   rest_logp [P] float32                                        log of the mass outside the top K
@@ -30,7 +34,7 @@ import numpy as np
 
 from raymoe.eval.fidelity import FidelityError, corpus_documents, token_scores
 
-__all__ = ["WindowSpec", "CACHE_VERSION", "default_cache_dir", "reference_file", "tokenizer_sha", "build_reference", "load_reference",
+__all__ = ["WindowSpec", "CACHE_VERSION", "default_cache_dir", "reference_file", "weights_stamp", "tokenizer_sha", "build_reference", "load_reference",
            "score_windows", "check_reference"]
 
 CACHE_VERSION = 2
@@ -62,11 +66,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RAYMOE_CACHE", Path.home() / ".cache" / "raymoe")) / "kld"
 
 
+def weights_stamp(ckpt) -> list[list]:
+    """[file name, size, mtime_ns] of every shard: the weights' identity without reading them."""
+    files = sorted({info.file for info in ckpt.infos.values()}, key=lambda f: f.name)
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def reference_file(reference: str | Path, spec: WindowSpec, cache_dir: str | Path) -> Path:
     from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
 
-    layout = model_hash(reference, SafetensorsCheckpoint(reference))
-    key = json.dumps({"model": layout, **spec.key(), "v": CACHE_VERSION}, sort_keys=True)
+    ckpt = SafetensorsCheckpoint(reference)
+    layout = model_hash(reference, ckpt)
+    key = json.dumps({"model": layout, "weights": weights_stamp(ckpt), **spec.key(), "v": CACHE_VERSION},
+                     sort_keys=True)
     return Path(cache_dir) / f"kld-{spec.corpus}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 

@@ -180,3 +180,28 @@ def test_bad_fidelity_input_is_one_line(models, tmp_path, capsys, case):
     assert rc == 2 and err.startswith("error: ") and want[case] in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "res").exists()
+
+
+def test_reference_cache_tells_apart_checkpoints_of_one_layout(models, tmp_path):
+    """Same config and tensor layout, other weights (the unhealed vs the healed testbed): other cache files."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    spec = R.WindowSpec(**SPEC)
+    twin = tmp_path / "twin"
+    shutil.copytree(models["base"], twin)
+    from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
+
+    layout = model_hash(twin, SafetensorsCheckpoint(twin))
+    first = R.reference_file(twin, spec, tmp_path / "cache")
+    assert R.reference_file(twin, spec, tmp_path / "cache") == first  # stable while the files are untouched
+    for f in twin.glob("*.safetensors"):
+        tensors = load_file(f)
+        with open(f, "rb") as fh:  # keep the header (and so the layout) byte for byte
+            import json, struct
+            n = struct.unpack("<Q", fh.read(8))[0]
+            meta = json.loads(fh.read(n)).get("__metadata__")
+        save_file({k: v + 1e-3 for k, v in tensors.items()}, f, metadata=meta)
+    assert model_hash(twin, SafetensorsCheckpoint(twin)) == layout  # only the weights differ
+    assert R.reference_file(twin, spec, tmp_path / "cache") != first
