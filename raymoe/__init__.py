@@ -1,15 +1,31 @@
 """raymoe: prune and merge the experts of Mixture-of-Experts models, distributed with Ray.
 
-Importing raymoe registers its variable-expert architectures with transformers'
-Auto classes, so non-uniform pruned checkpoints load without trust_remote_code.
+`import raymoe` is light: it imports neither torch nor transformers. Code that
+loads a pruned non-uniform checkpoint with transformers' Auto classes calls
+`raymoe.ensure_registered()` first (raymoe's own loaders do), which registers
+the variable-expert architectures (`raymoe.moe.variable`) once, so no
+`trust_remote_code` is needed.
 """
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from raymoe.errors import RaymoeError  # noqa: E402
-from raymoe.moe import MoeModelSpec  # noqa: E402
-from raymoe.moe.variable import register as _register_variable_archs  # noqa: E402
 
-_register_variable_archs()
+__all__ = ["__version__", "RaymoeError", "MoeModelSpec", "ensure_registered"]
 
-__all__ = ["__version__", "RaymoeError", "MoeModelSpec"]
+
+def ensure_registered() -> None:
+    """Register raymoe's variable-expert architectures with transformers' Auto classes (idempotent)."""
+    from raymoe.moe.variable import ensure_registered as _ensure
+
+    _ensure()
+
+
+def __getattr__(name: str):
+    if name == "MoeModelSpec":  # config-only (no torch), imported on first use
+        from raymoe.moe.spec import MoeModelSpec
+
+        return MoeModelSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,13 @@
 """Distributed calibration: stage actors stream micro-batches and accumulate mergeable statistics.
 
-Heavy modules (Ray actors, transformers) are imported on first use of `calibrate`.
+Light on import: `CalibConfig` needs pydantic only; the shard plan (`raymoe.calib.shard`,
+which reads safetensors headers with torch) is imported on first use of its names, and Ray
+actors and transformers on first use of `calibrate`.
 """
 
+from __future__ import annotations
+
 from raymoe.calib.config import CalibConfig
-from raymoe.calib.shard import CalibrationError, StageRange, plan_stages
 
 __all__ = ["CalibConfig", "CalibrationError", "StageRange", "plan_stages", "calibrate"]
 
@@ -14,3 +17,11 @@ def calibrate(*args, **kwargs):
     from raymoe.calib.run import calibrate as _calibrate
 
     return _calibrate(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name in ("CalibrationError", "StageRange", "plan_stages"):
+        from raymoe.calib import shard
+
+        return getattr(shard, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

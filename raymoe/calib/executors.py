@@ -14,28 +14,43 @@ actor dies (`RayActorError`), Ray restarts it (`max_restarts`); the driver
 waits for the replica's actors, sets the restarted one up again, discards the
 uncommitted sums of the whole replica (`rollback`) and redoes that window, so
 the result equals an undisturbed run. Other replicas go on meanwhile.
+
+Ray is imported by `RayExecutor` only, so the in-process path needs torch and
+numpy alone (bench/gpu_check.py runs it where Ray is not installed).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import ray
 from tqdm.auto import tqdm
 
 from raymoe.calib.batches import MicroBatch
-from raymoe.calib.pool import StagePool
 from raymoe.calib.reduce import Totals
 from raymoe.calib.shard import CalibrationError, StageRange
 from raymoe.calib.stage import Stage
 
+if TYPE_CHECKING:
+    from raymoe.calib.pool import StagePool
+
 __all__ = ["LocalExecutor", "RayExecutor"]
 
 EventHook = Callable[[str, dict], None]
-_ACTOR_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+
+ray = None  # imported by the first RayExecutor (`_import_ray`): the in-process path runs without Ray
+_ACTOR_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _import_ray() -> None:
+    global ray, _ACTOR_ERRORS
+    if ray is None:
+        import ray as _ray
+
+        ray = _ray
+        _ACTOR_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
 class LocalExecutor:
@@ -100,6 +115,7 @@ class RayExecutor:
         self.max_window_retries, self.revive_timeout = max_window_retries, revive_timeout
         self.on_event = on_event or (lambda name, info: None)
         self.setup_args: tuple | None = None
+        _import_ray()
 
     def setup(self, model_path: str, stages: list[StageRange], num_clusters: int, dtype: str) -> list[dict]:
         if len(stages) != self.pool.stages:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import ray
 
 import raymoe
 from raymoe.calib.batches import make_batches
 from raymoe.calib.clusters import assign_clusters, effective_clusters
 from raymoe.calib.config import CalibConfig
 from raymoe.calib.executors import EventHook, LocalExecutor, RayExecutor
-from raymoe.calib.pool import StagePool
 from raymoe.calib.reduce import Totals
 from raymoe.calib.shard import CalibrationError, StageRange, plan_stages
 from raymoe.data.text import CalibData, calibration_data
@@ -31,6 +30,9 @@ from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
 from raymoe.moe.spec import MoeModelSpec
 from raymoe.store.manifest import ModelFacts, StatsManifest
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    from raymoe.calib.pool import StagePool
 
 __all__ = ["calibrate", "prepare", "model_hash", "load_tokenizer", "Prepared"]
 
@@ -92,14 +94,19 @@ def _start_ray(address: str | None, cpus_needed: float) -> None:
 
 def calibrate(model: str | Path | Prepared, config: CalibConfig | None = None, data: str | Path | CalibData = "wiki",
               *, pool: StagePool | None = None, progress: bool = True, on_event: EventHook | None = None,
-              ray_address: str | None = None) -> CalibStats:
-    """Run one calibration pass. `pool`: an existing stage pool to reuse (it is left running)."""
+              ray_address: str | None = None, device: str = "cpu") -> CalibStats:
+    """Run one calibration pass. `pool`: an existing stage pool to reuse (it is left running);
+    `device`: where the in-process executor runs (`config.local`; Ray is not imported then)."""
     prep = model if isinstance(model, Prepared) else Prepared(model, config or CalibConfig(), data)
     cfg = prep.config
     own_pool = False
     if cfg.local:
-        executor = LocalExecutor()
+        executor = LocalExecutor(device=device)
     else:
+        import ray
+
+        from raymoe.calib.pool import StagePool
+
         if not ray.is_initialized():
             _start_ray(ray_address, len(prep.stages) * cfg.replicas * cfg.num_cpus)
         if pool is None:

@@ -40,7 +40,7 @@ from raymoe.errors import CheckpointError
 from raymoe.io import atomic_dir
 from raymoe.moe.safetensors_files import INDEX_FILE, SINGLE_FILE, TORCH_DTYPES, SafetensorsCheckpoint, TensorInfo
 from raymoe.moe.spec import MoeModelSpec, TensorRole
-from raymoe.moe.variable import stock_config_dict, variable_config_dict
+from raymoe.moe.variable import ensure_registered, stock_config_dict, variable_config_dict
 from raymoe.plan.schema import LayerPlan, PrunePlan
 
 __all__ = ["apply_plan", "pruned_config"]
@@ -315,4 +315,6 @@ def apply_plan(source: str | Path, plan: PrunePlan, out: str | Path, *, overwrit
                     and f.name != SINGLE_FILE and f.name != "plan.json":
                 shutil.copy2(f, tmp / f.name)
         plan.save(tmp / "plan.json")
+    if len(set(counts.values())) > 1:
+        ensure_registered()  # the variable-expert checkpoint loads with AutoModelForCausalLM in this process
     return out

@@ -64,12 +64,14 @@ class Smoke:
         from raymoe.checkpoint import apply_plan
         from raymoe.errors import RaymoeError
         from raymoe.moe import MoeModelSpec
+        from raymoe.moe.variable import ensure_registered
         from raymoe.testing import FAMILIES, build_tiny_model, build_tokenizer
         from raymoe.testing.masking import mask_experts
         from raymoe.testing.tiny import SAMPLE_TEXT
 
         import transformers
 
+        ensure_registered()  # the mixed-count variants load with AutoModelForCausalLM
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         families = FAMILIES if args.families == "all" else tuple(args.families.split(","))

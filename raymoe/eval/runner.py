@@ -30,7 +30,9 @@ def load_transformers(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import raymoe  # noqa: F401  (registers the variable-expert architectures)
+    from raymoe.moe.variable import ensure_registered
+
+    ensure_registered()  # raymoe's variable-expert architectures load too
 
     dt = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     return AutoModelForCausalLM.from_pretrained(path, dtype=dt).eval(), AutoTokenizer.from_pretrained(path)

@@ -24,47 +24,60 @@ Cost per member: an [I, I] assignment (O(I^3)); fine for I <= 2048, seconds at I
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from raymoe.methods.common import probe_subset
 from raymoe.plan.alignment import Alignment
 from raymoe.plan.schema import MergeGroup
 from raymoe.store.schema import CalibStats
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["AlignBasis", "neuron_activations", "weight_features", "correlation", "match", "align_groups",
            "alignment_for"]
 
 AlignBasis = Literal["activations", "weights", "none"]
 
-_ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+_ACT = ("silu", "gelu", "relu")  # torch.nn.functional names
 
 
 def _stack(weights, layer: int, experts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gate [n, I, H], up [n, I, H], down [n, H, I]) of the listed experts, float32."""
+    import torch
+
     g, u, d = zip(*(weights.expert(layer, e) for e in experts))
     return torch.stack(g).float(), torch.stack(u).float(), torch.stack(d).float()
 
 
 def neuron_activations(weights, layer: int, experts: list[int], x: torch.Tensor, stacked=None) -> torch.Tensor:
     """h_e(x) = act(x G_e^T) * (x U_e^T) on inputs x [T, H] -> [n, T, I] for the listed experts."""
+    import torch
+    import torch.nn.functional as F
+
     g, u, _ = stacked or _stack(weights, layer, experts)
-    act = _ACT[weights.spec.config.get("hidden_act", "silu")]
+    name = weights.spec.config.get("hidden_act", "silu")
+    if name not in _ACT:
+        raise KeyError(name)
+    act = getattr(F, name)
     xf = x.float()
     return act(torch.einsum("th,nih->nti", xf, g)) * torch.einsum("th,nih->nti", xf, u)  # [n, T, I]
 
 
 def weight_features(weights, layer: int, experts: list[int], stacked=None) -> torch.Tensor:
     """Per expert and neuron i, the weights [G_i, U_i, D_:,i] -> [n, I, 3H]."""
+    import torch
+
     g, u, d = stacked or _stack(weights, layer, experts)
     return torch.cat([g, u, d.transpose(1, 2)], dim=2)  # [n, I, 3H]
 
 
 def _unit_columns(z: torch.Tensor) -> torch.Tensor:
     """Columns of z [..., T, I] centred and scaled to norm 1 (constant columns: 0)."""
+    import torch
+
     z = z - z.mean(-2, keepdim=True)
     norm = z.norm(dim=-2, keepdim=True)
     scale = z.abs().amax(dim=(-2, -1), keepdim=True)
@@ -90,6 +103,9 @@ def align_groups(weights, layer: int, groups: list[MergeGroup], x: torch.Tensor 
     """member -> pi for every merged-away member of one layer's groups (x: probe inputs [T, H] or None).
 
     The layer's experts in merge groups are read once and stacked; similarities are batched."""
+    import torch
+    import torch.nn.functional as F
+
     pairs = [(g.target, m) for g in groups for m in g.members if m != g.target]  # (target, member)
     if not pairs:
         return {}
@@ -109,6 +125,8 @@ def align_groups(weights, layer: int, groups: list[MergeGroup], x: torch.Tensor 
 def alignment_for(stats: CalibStats, weights, merges: Mapping[int, list[MergeGroup]], basis: AlignBasis,
                   tokens: int, seed: int) -> Alignment | None:
     """The plan's Alignment for its merge groups (None for `none`, or when nothing merges)."""
+    import torch
+
     if basis == "none" or not any(merges.values()):
         return None
     if weights is None:

@@ -34,7 +34,6 @@ torch_geometric and graspologic are imported inside the functions that use them.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from raymoe.methods.common import per_layer_share, single_thread
 from raymoe.store.schema import LayerStats
@@ -172,6 +171,8 @@ def train_gae(graphs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], *, hidden
 
 def _train_gae(conv, graphs, *, hidden: int, dim: int, epochs: int, lr: float, seed: int,
                history: list[float] | None) -> list[np.ndarray]:
+    import torch
+
     torch.manual_seed(seed)
     B, N, F = len(graphs), max(len(g[0]) for g in graphs), graphs[0][0].shape[1]
     x = torch.zeros(B, N, F)

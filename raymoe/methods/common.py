@@ -9,10 +9,9 @@ A method is a class registered by name (raymoe/methods/__init__.py) with
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping, Protocol
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from raymoe.errors import RaymoeError
@@ -20,6 +19,9 @@ from raymoe.methods.budget import Budget, BudgetError
 from raymoe.moe.spec import MoeModelSpec
 from raymoe.plan.schema import LayerPlan, MergeGroup, PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MethodConfig", "Method", "WeightsView", "StatsError", "stats_spec", "model_path", "top_n",
            "keep_balanced", "group_counts", "per_layer_share", "build_plan", "keep_by_scores", "router_bias",
@@ -83,6 +85,8 @@ def router_bias(weights: WeightsView, layer: int) -> torch.Tensor | None:
 
 def probe_subset(stats: CalibStats, layer: int, max_tokens: int, seed: int) -> torch.Tensor:
     """Up to `max_tokens` of the layer's probe inputs [P, H] (a seeded sample when there are more)."""
+    import torch
+
     x = stats.layers[layer].probe_inputs
     if x is None or len(x) == 0:
         raise StatsError(f"layer {layer} has no probe inputs (calibrate with probe tokens)")
@@ -101,6 +105,8 @@ def single_thread() -> Iterator[None]:
     20 ms; Pathfinder's DP 16.6 s vs 1.5 s per cluster. Work this small gains nothing
     from threads, and thread hand-offs stall when the cores are busy.
     """
+    import torch
+
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()

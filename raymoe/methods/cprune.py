@@ -38,19 +38,20 @@ Group-limited routers keep the same count in every original group (`keep_balance
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import (MethodConfig, StatsError, build_plan, keep_balanced, per_layer_share,
                                    probe_subset, router_bias, single_thread)
-from raymoe.moe.routing import RoutingRule, route
 from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CPrune", "CPruneConfig", "size_factor", "gram", "ward_labels", "vote", "cprune"]
 
@@ -90,6 +91,8 @@ def ward_labels(g: torch.Tensor, n_clusters: int) -> np.ndarray:
 
     Euclidean distances come from the Gram matrix, d_ij^2 = g_ii + g_jj - 2 g_ij.
     """
+    import torch
+
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
@@ -127,6 +130,10 @@ def vote(g: torch.Tensor, router: np.ndarray, labels: np.ndarray, ratio: float, 
 
 def _features(stats: CalibStats, weights, layer: int, cfg: CPruneConfig):
     """(features [S, E, D] float32, router probabilities per sample [S, E]) of one layer."""
+    import torch
+
+    from raymoe.moe.routing import RoutingRule, route
+
     s = stats.layers[layer]
     mode = cfg.features if cfg.features != "auto" else ("pooled" if weights is not None else "mean_output")
     if mode != "mean_output" and weights is None:
@@ -151,6 +158,8 @@ def _features(stats: CalibStats, weights, layer: int, cfg: CPruneConfig):
 
 def _batch_grams(feats: torch.Tensor, batches: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """Per voting batch, the Gram matrix sum_{s in b} F_s F_s^T [E, E] (float64) and the sample indices."""
+    import torch
+
     idx = np.array_split(np.arange(feats.shape[0]), min(batches, feats.shape[0]))
     return [torch.einsum("sed,sfd->ef", feats[b], feats[b]).double() for b in idx], idx
 
@@ -159,6 +168,8 @@ def _global_features(f: torch.Tensor, nb: int, cfg: CPruneConfig, proj: dict) ->
     """Per global batch b, the concatenation over its samples of f[s] [n, D]; sketched when wider than
     global_dim: sum_{s in b} f[s] R_s, R_s [D, global_dim] seeded Gaussian / sqrt(global_dim) per sample
     (= the concatenation times a block Gaussian matrix) -> [B_g, n, D']."""
+    import torch
+
     S, n, D = f.shape
     out = []
     for b in np.array_split(np.arange(S), min(nb, S)):
@@ -187,6 +198,8 @@ def _round_to(x: float, g: int) -> int:
 
 
 def _cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
+    import torch
+
     g = budget.n_group
     r1 = budget.ratio if budget.uniform else budget.ratio * cfg.layerwise_share
     counts1 = budget.uniform_counts() if budget.uniform else {
@@ -218,6 +231,8 @@ def _cprune(stats: CalibStats, weights, budget: Budget, cfg: CPruneConfig):
 
 def _global(stats, budget: Budget, cfg: CPruneConfig, votes, router, keep1, sketch, table) -> dict[int, list[int]]:
     """The authors' global stage: re-cluster all survivors per batch, vote, cut the least voted globally."""
+    import torch
+
     layers = stats.moe_layers
     owner = [(l, e) for l in layers for e in keep1[l]]  # unit u -> (layer, expert)
     U = len(owner)

@@ -16,10 +16,9 @@ original group only.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from raymoe.methods.budget import Budget
@@ -27,6 +26,9 @@ from raymoe.methods.common import build_plan, per_layer_share, single_thread
 from raymoe.methods.cprune import CPruneConfig, cprune
 from raymoe.plan.schema import MergeGroup, PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CPruneMerge", "CPruneMergeConfig", "merge_groups"]
 
@@ -43,6 +45,8 @@ def merge_groups(keep: list[int], labels: np.ndarray, phi: torch.Tensor, usage: 
                  temperature: float, n_group: int = 1) -> tuple[list[MergeGroup], np.ndarray]:
     """Fold removed experts into kept ones of the same original group (of n_group); returns (groups,
     affinity of each expert to its target)."""
+    import torch
+
     unit = torch.nn.functional.normalize(phi.double(), dim=1)
     cos = (unit @ unit.T).numpy()  # [E, E]
     E = len(labels)

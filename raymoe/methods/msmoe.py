@@ -23,10 +23,9 @@ Group-limited routers: centres are the top n_l / n_group of every original group
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from raymoe.methods.budget import Budget
@@ -34,6 +33,9 @@ from raymoe.methods.common import StatsError, keep_balanced, per_layer_share, pr
 from raymoe.methods.merging import AlignedMergeConfig, merge_plan
 from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MSmoe", "MSmoeConfig", "logit_similarity", "assign_to_centres"]
 
@@ -44,6 +46,8 @@ class MSmoeConfig(AlignedMergeConfig):
 
 def logit_similarity(x: torch.Tensor, router: torch.Tensor) -> np.ndarray:
     """Cosine similarity [E, E] of the experts' router-logit columns z_e = x r_e over x [P, H]."""
+    import torch
+
     z = x.double() @ router.double().T  # [P, E]
     unit = torch.nn.functional.normalize(z, dim=0)
     return (unit.T @ unit).numpy()  # [E, E]

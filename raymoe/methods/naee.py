@@ -42,19 +42,22 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import (MethodConfig, StatsError, WeightsView, build_plan, per_layer_share,
                                    probe_subset, router_bias, single_thread)
-from raymoe.moe.routing import RoutingRule, route
 from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
+
+    from raymoe.moe.routing import RoutingRule
 
 __all__ = ["Naee", "NaeeConfig", "LayerObjective", "balanced_subsets"]
 
@@ -82,6 +85,10 @@ class LayerObjective:
 
     @classmethod
     def build(cls, weights: WeightsView, layer: int, x: torch.Tensor) -> "LayerObjective":
+        import torch
+
+        from raymoe.moe.routing import RoutingRule, route
+
         rule = RoutingRule.for_spec(weights.spec)
         with torch.no_grad():
             logits = x @ weights.router(layer).float().T  # [T, E]
@@ -101,11 +108,17 @@ class LayerObjective:
 
     def _quad(self, w: torch.Tensor, idx: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
         """w^T G_t w for rows (w [R, k], global idx [R, k], token tok [R]) -> [R]."""
+        import torch
+
         g = self.gram[tok[:, None, None], idx[:, :, None], idx[:, None, :]]  # [R, k, k]
         return torch.einsum("ri,rij,rj->r", w, g, w)
 
     def losses(self, subsets: torch.Tensor, chunk_rows: int = 1 << 16) -> torch.Tensor:
         """subsets [S, n] of source indices -> loss [S] (mean over probe tokens)."""
+        import torch
+
+        from raymoe.moe.routing import route
+
         S, n = subsets.shape
         T = self.logits.shape[0]
         rule = self.rule if n % self.rule.n_group == 0 else replace(self.rule, n_group=1)
@@ -127,6 +140,8 @@ class LayerObjective:
 
     def without_each(self, keep: list[int]) -> torch.Tensor:
         """loss(keep minus e) for every e in keep -> [len(keep)]."""
+        import torch
+
         kt = torch.tensor(keep)
         mask = ~torch.eye(len(keep), dtype=torch.bool)  # [m, m]
         return self.losses(kt.expand(len(keep), -1)[mask].view(len(keep), len(keep) - 1))
@@ -142,6 +157,8 @@ def exhaustive(obj: LayerObjective, n: int, chunk: int = 4096, n_group: int = 1)
 
     With n_group == 1 these are all C(E, n) subsets; otherwise the n / n_group-subsets of
     every group, combined (`balanced_subsets` of them)."""
+    import torch
+
     best, best_loss = None, math.inf
     size = obj.num_experts // n_group
     per_group = [itertools.combinations(range(j * size, (j + 1) * size), n // n_group) for j in range(n_group)]
@@ -164,6 +181,8 @@ def greedy(obj: LayerObjective, n: int, frac: float, first: np.ndarray | None = 
     Each round drops the same number m of experts from every one of the n_group contiguous
     groups (the m lowest single-removal losses within it), so the kept set stays balanced.
     `first`: the first round's losses `obj.without_each(range(E))` when the caller already has them."""
+    import torch
+
     keep = list(range(obj.num_experts))
     rank = np.zeros(obj.num_experts)
     size = obj.num_experts // n_group
@@ -200,6 +219,8 @@ class Naee:
             return self._plan(stats, weights, budget, config)
 
     def _plan(self, stats: CalibStats, weights: WeightsView, budget: Budget, config: NaeeConfig) -> PrunePlan:
+        import torch
+
         objectives, single = {}, {}
         for l in tqdm(stats.moe_layers, desc="naee: probe outputs", disable=not config.progress):
             x = probe_subset(stats, l, config.max_tokens, config.seed)  # [T, H]

@@ -46,10 +46,9 @@ group-limited routers every original group keeps the same count (`keep_balanced`
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
@@ -57,6 +56,9 @@ from raymoe.methods.budget import Budget
 from raymoe.methods.common import MethodConfig, StatsError, build_plan, keep_balanced, per_layer_share, single_thread
 from raymoe.plan.schema import PrunePlan
 from raymoe.store.schema import CalibStats
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Pathfinder", "PathfinderConfig", "top_paths", "node_log_weights", "edge_log_weights", "search_paths",
            "row_column_share"]
@@ -100,6 +102,8 @@ def _extend(score: torch.Tensor, edge: torch.Tensor, m: int):
     among the first q ranks of every node, bounds the m-th best overall from
     below, so only ranks with score[i, r] >= tau_j - edge[i, j] are gathered.
     """
+    import torch
+
     E, E2 = edge.shape
     q = min(m, max(4, math.ceil(m / E)))
     if E * q >= m:
@@ -137,6 +141,8 @@ def top_paths(node_logw: list[np.ndarray], edge_logw: list[np.ndarray], m: int) 
     node_logw[l]: [E_l]; edge_logw[l]: [E_l, E_{l+1}]. Returns (scores [m'], paths [m', L])
     best first, m' = min(m, number of paths).
     """
+    import torch
+
     L = len(node_logw)
     score = torch.full((len(node_logw[0]), m), -math.inf, dtype=torch.float64)  # [E, m]
     score[:, 0] = torch.as_tensor(node_logw[0], dtype=torch.float64)
@@ -200,6 +206,8 @@ def best_paths(node_logw: list[torch.Tensor], edge_logw_t: list[torch.Tensor]) -
     [K, E_{l+1}, E_l] (transposed: the max runs over the contiguous last axis) -> (scores [K], paths [K, L]).
     The forward keeps only the best value into every node; the backtrack recomputes each argmax on one
     row per graph (ties: the lower expert index)."""
+    import torch
+
     score = [node_logw[0]]  # per layer [K, E_l]
     buf: dict = {}  # one work tensor per shape (a fresh 2.6 MB tensor per transition costs page faults)
     for l, edge in enumerate(edge_logw_t):
@@ -232,6 +240,8 @@ def search_paths(nodes: dict[int, np.ndarray], edges: list[list[np.ndarray]], bu
     Returns (frequency [E_l] per layer, rounds run).
     With top_m = 1 every cluster's round is one Viterbi pass, all clusters batched (`best_paths`).
     """
+    import torch
+
     layers = sorted(nodes)
     K = len(edges)
     freq = {l: np.zeros(len(nodes[l])) for l in layers}

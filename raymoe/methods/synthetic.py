@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from raymoe.moe.routing import RoutingRule, route
 from raymoe.moe.spec import MoeModelSpec
 from raymoe.store.schema import SCHEMA_VERSION, CalibStats, LayerStats
+
+if TYPE_CHECKING:
+    import torch
+
+    from raymoe.moe.routing import RoutingRule
 
 __all__ = ["SCALES", "scale_config", "SyntheticWeights", "simulate_stats", "synthetic_stats"]
 
@@ -72,6 +74,8 @@ class SyntheticWeights:
 
     @functools.lru_cache(maxsize=2)
     def _layer(self, layer: int) -> dict[str, torch.Tensor]:
+        import torch
+
         E, H, r = self.spec.experts[layer], self.hidden, self.rank
         nf = self.families or max(2, E // 8)
         g = np.random.default_rng([self.seed, layer])
@@ -100,12 +104,18 @@ class SyntheticWeights:
         return self._layer(layer)["family"].numpy()
 
     def outputs(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         w = self._layer(layer)
         h = F.silu(torch.einsum("erh,th->ter", w["A"], x.float()))  # [T, E, r]
         return torch.einsum("ehr,ter->teh", w["B"], h)  # [T, E, H]
 
     def routed_norms(self, layer: int, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """||f_{idx[t, j]}(x_t)|| -> [T, k], via ||B h||^2 = h^T (B^T B) h (no [T, k, H] tensor)."""
+        import torch
+        import torch.nn.functional as F
+
         w = self._layer(layer)
         E, r, H = w["A"].shape
         h = F.silu(x.float() @ w["A"].reshape(E * r, H).T).view(len(x), E, r)  # [T, E, r]
@@ -116,6 +126,8 @@ class SyntheticWeights:
 
 def _routed_norms(weights, layer: int, x: torch.Tensor, idx: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """||f_e(x_t)|| of the routed experts -> [T, k]."""
+    import torch
+
     fn = getattr(weights, "routed_norms", None)
     if fn is not None:
         return fn(layer, x, idx)
@@ -129,6 +141,8 @@ def _routed_norms(weights, layer: int, x: torch.Tensor, idx: torch.Tensor, chunk
 
 def _dense(w: torch.Tensor, idx: torch.Tensor, E: int) -> torch.Tensor:
     """Gate weights [..., k] at indices [..., k] -> dense [..., E]."""
+    import torch
+
     return torch.zeros(*idx.shape[:-1], E, dtype=torch.float64).scatter_(-1, idx, w.double())
 
 
@@ -139,6 +153,10 @@ def _loo_errors(rule: RoutingRule, logits: torch.Tensor, bias, gram: torch.Tenso
     sigmoid routers its choice bias, set to -inf); errors use the Gram matrices
     gram [P, E, E] of the expert outputs: ||sum_i d_i f_i||^2 = d^T G d.
     """
+    import torch
+
+    from raymoe.moe.routing import route
+
     P, E = logits.shape
     _, w, idx = route(rule, logits, bias)
     full = _dense(w, idx, E)  # [P, E]
@@ -166,6 +184,10 @@ def simulate_stats(weights, *, sequences: int = 32, seq_len: int = 32, clusters:
     With keep_inputs, `stats.extra["inputs"][layer]` holds the hidden states x^l [T, H]
     and `stats.extra["token_cluster"]` the cluster of each token (for tests).
     """
+    import torch
+
+    from raymoe.moe.routing import RoutingRule, route
+
     spec: MoeModelSpec = weights.spec
     rule = RoutingRule.for_spec(spec)
     H, T, K = spec.hidden_size, sequences * seq_len, max(clusters, 1)

@@ -5,8 +5,11 @@ A non-uniform checkpoint's config names `Raymoe<Family>ForCausalLM` with
 the per-layer counts under `raymoe_experts_per_layer` (0 for dense layers).
 The model class is the stock one whose MoE decoder layers are rebuilt from a
 per-layer config copy; weights load through the family's stock conversion
-mapping (per-expert names on disk -> fused tensors). `register()` runs on
-`import raymoe`, so no `trust_remote_code` is needed.
+mapping (per-expert names on disk -> fused tensors). `ensure_registered()`
+(idempotent, imports transformers) runs where raymoe loads a checkpoint with
+the Auto classes (`raymoe.eval.runner.load_transformers`, `raymoe.checkpoint.apply`,
+`raymoe smoke`, the vLLM plugin); other code calls `raymoe.ensure_registered()`
+before `AutoModelForCausalLM.from_pretrained`, so no `trust_remote_code` is needed.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 
 from raymoe.moe.arch import ARCHS, RAYMOE_COUNTS_KEY, MoeArch
 
-__all__ = ["register", "stock_config_dict", "variable_config_dict", "VARIABLE_CLASSES"]
+__all__ = ["ensure_registered", "register", "stock_config_dict", "variable_config_dict", "VARIABLE_CLASSES"]
 
-#: family -> (config class, causal LM class), filled by `register()`.
+#: family -> (config class, causal LM class), filled by `ensure_registered()`.
 VARIABLE_CLASSES: dict[str, tuple[type, type]] = {}
 
 
@@ -84,15 +87,17 @@ def _make_classes(arch: MoeArch) -> tuple[type, type]:
     return cfg_cls, lm_cls
 
 
-def register() -> None:
+def ensure_registered() -> None:
     """Register every family's variable-expert classes with transformers' Auto classes (idempotent)."""
-    if VARIABLE_CLASSES:
+    if len(VARIABLE_CLASSES) == len(ARCHS):
         return
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.conversion_mapping import (get_checkpoint_conversion_mapping,
                                                  register_checkpoint_conversion_mapping)
 
     for family, arch in ARCHS.items():
+        if family in VARIABLE_CLASSES:
+            continue
         cfg_cls, lm_cls = _make_classes(arch)
         AutoConfig.register(arch.variable_model_type, cfg_cls, exist_ok=True)
         AutoModelForCausalLM.register(cfg_cls, lm_cls, exist_ok=True)
@@ -104,10 +109,13 @@ def register() -> None:
         globals()[lm_cls.__name__] = lm_cls
 
 
+register = ensure_registered  # the older name (the vLLM plugin's import)
+
+
 def __getattr__(name: str):
     """`raymoe.moe.variable:RaymoeMixtralForCausalLM` style lookups register on first use."""
     if name.startswith("Raymoe"):
-        register()
+        ensure_registered()
         if name in globals():
             return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

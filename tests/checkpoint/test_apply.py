@@ -9,12 +9,14 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-import raymoe  # noqa: F401  (registers the variable-expert architectures)
+import raymoe
 from raymoe.checkpoint import apply_plan
 from raymoe.moe import MoeModelSpec, SafetensorsCheckpoint
 from raymoe.plan import LayerPlan, MergeGroup, PrunePlan
 from raymoe.testing import FAMILIES
 from raymoe.testing.masking import mask_experts
+
+raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
 ATOL = 1e-5
 

@@ -31,8 +31,10 @@ def prompts(vocab: int) -> list[list[int]]:
 
 def hf_reference(path, batch: list[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
     """Greedy continuation by repeated argmax, and log p(x_i | x_<i) for i >= 1, with transformers."""
-    import raymoe  # noqa: F401
+    import raymoe
     from transformers import AutoModelForCausalLM
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokens, logprobs = [], []

@@ -50,8 +50,10 @@ def test_every_ratio_meets_the_budget(traced, tmp_path, family, kw, method):
 def test_pruned_checkpoint_loads_with_transformers(traced, tmp_path, family, kw, method, uniform):
     from transformers import AutoModelForCausalLM
 
-    import raymoe  # noqa: F401  registers the variable-expert architectures
+    import raymoe
     from raymoe.checkpoint import apply_plan
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     stats, weights, path = traced(family, **kw)
     plan = make_plan(stats, method, 0.5, uniform=uniform, options=FAST.get(method), weights=weights)

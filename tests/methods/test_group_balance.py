@@ -76,9 +76,11 @@ def logits(model, ids):
 def test_every_method_keeps_groups_balanced(variants, tmp_path, model, method, uniform):
     from transformers import AutoModelForCausalLM
 
-    import raymoe  # noqa: F401  registers the variable-expert architectures
+    import raymoe
     from raymoe.checkpoint import apply_plan
     from raymoe.testing.masking import mask_experts, merge_experts
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     stats, weights, path, spec, ratio = variants(model)
     plan = make_plan(stats, method, ratio, uniform=uniform, options=FAST.get(method), weights=weights)
@@ -109,10 +111,12 @@ def test_merge_reference_is_not_vacuous(variants, tmp_path):
     merge plan's checkpoint equals it (so merge methods are held to the same 1e-5)."""
     from transformers import AutoModelForCausalLM
 
-    import raymoe  # noqa: F401
+    import raymoe
     from raymoe.checkpoint import apply_plan
     from raymoe.plan import LayerPlan, MergeGroup, PrunePlan
     from raymoe.testing.masking import mask_experts, merge_experts
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     _, _, path, spec, _ = variants("dsv3")
     keep = [0, 1, 2, 3, 8, 9, 10, 11]
@@ -138,10 +142,12 @@ def test_unbalanced_selection_breaks_the_reference(variants, tmp_path, monkeypat
     differently from the masked original (the check above would catch a method that ignores groups)."""
     from transformers import AutoModelForCausalLM
 
-    import raymoe  # noqa: F401
+    import raymoe
     from raymoe.checkpoint import apply_plan
     from raymoe.plan import LayerPlan, PrunePlan
     from raymoe.testing.masking import mask_experts
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     _, _, path, spec, _ = variants("dsv3")
     keep = [0, 1, 2, 3, 4, 5, 8, 9]  # 6 from group 0, 2 from group 1

@@ -38,8 +38,10 @@ def prompts(vocab: int = 320) -> list[list[int]]:
 
 def hf_logprobs(path) -> list[list[float]]:
     """log p(x_i | x_<i) for i >= 1 of every prompt, with transformers in float32."""
-    import raymoe  # noqa: F401  registers the variable-expert architectures
+    import raymoe
     from transformers import AutoModelForCausalLM
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     out = []

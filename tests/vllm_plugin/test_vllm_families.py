@@ -47,8 +47,10 @@ def prompts(vocab: int = 320) -> list[list[int]]:
 def hf_reference(path) -> dict:
     """Greedy continuation by repeated argmax (with each step's top-1 - top-2 log-prob margin) and
     log p(x_i | x_<i) for i >= 1, with transformers."""
-    import raymoe  # noqa: F401
+    import raymoe
     from transformers import AutoModelForCausalLM
+
+    raymoe.ensure_registered()  # the variable-expert architectures load with the Auto classes
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokens, margins, logprobs = [], [], []
