@@ -1,6 +1,7 @@
 """Method quality on the healed testbed: every registered method at 25%, 50% and 62.5% expert removal.
 
     python bench/quality.py [--unhealed] [--piqa-items 1100] [--calib-seeds 0 1 2] [--out results/quality]
+    python bench/quality.py --acc-ratios 0.5 --piqa-items 500   # accuracy at 50% only (the 2-core budget)
     python bench/quality.py --dry-run        # print the sweeps and their variant counts, run nothing
 
 The testbed (SmolLM2-135M MoEfied and healed by distillation from the dense model,
@@ -38,10 +39,17 @@ SEED_METHODS = ("c-gnn-prune", "c-prune", "pathfinder")
 METRICS = (("kld:wiki_heldout", "kld_mean", "kld"), ("wiki_heldout_ppl", "word_perplexity", "wiki_ppl"),
            ("arc_easy", "acc", "arc_easy_acc"), ("piqa", "acc", "piqa_acc"))
 COLS = [c for _, _, c in METRICS]
+FIDELITY_TASKS = ("kld:wiki_heldout", "wiki_heldout_ppl")
 
 
-def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[float], calib_seed: int, out: Path):
+def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[float], calib_seed: int, out: Path,
+               accuracy: bool = True):
+    """One resumable sweep; `accuracy=False` scores the fidelity columns only (KL, perplexity)."""
     from raymoe.sweep.spec import SweepSpec
+
+    tasks = [t for t, _, _ in METRICS if accuracy or t in FIDELITY_TASKS]
+    limits = {"kld:wiki_heldout": args.kld_docs, "wiki_heldout_ppl": args.ppl_docs,
+              "arc_easy": args.arc_items, "piqa": args.piqa_items}
 
     grid = [{"name": m, **({"seeds": args.seeds} if m == "random" else {})} for m in methods]
     return SweepSpec.model_validate({
@@ -50,10 +58,8 @@ def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[flo
         "calibration": {"data": "wiki_calib", "samples": args.samples, "seq_len": args.seq_len, "stages": 1,
                         "seed": calib_seed},
         "methods": grid, "ratios": ratios,
-        "eval": {"tasks": [t for t, _, _ in METRICS],
-                 "limits": {"kld:wiki_heldout": args.kld_docs, "wiki_heldout_ppl": args.ppl_docs,
-                            "arc_easy": args.arc_items, "piqa": args.piqa_items},
-                 "backend": args.backend, "workers": 1},
+        "eval": {"tasks": tasks, "limits": {t: limits[t] for t in tasks},
+                 "backend": args.backend, "workers": args.workers},
         "resources": {"num_cpus": 4}, "output": str(out),
     })
 
@@ -141,6 +147,11 @@ def main() -> int:
     ap.add_argument("--kld-docs", type=int, default=40, help="held-out wiki articles for the KL")
     ap.add_argument("--ppl-docs", type=int, default=40, help="held-out wiki articles for perplexity")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.625])
+    ap.add_argument("--acc-ratios", type=float, nargs="*", default=None,
+                    help="ratios also scored on ARC-Easy and PIQA (default: every ratio); the others get KL and "
+                         "perplexity only, as do the extra calibration seeds unless --seed-accuracy")
+    ap.add_argument("--seed-accuracy", action="store_true", help="score the extra calibration seeds on accuracy too")
+    ap.add_argument("--workers", type=int, default=2, help="eval workers (one CPU each)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random baseline")
     ap.add_argument("--calib-seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds (first: full grid)")
     ap.add_argument("--samples", type=int, default=64, help="calibration windows")
@@ -149,32 +160,48 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the sweeps and run nothing")
     ap.add_argument("--out", type=Path, default=Path("results/quality"))
     args = ap.parse_args()
-    if min(args.arc_items, args.piqa_items, args.kld_docs, args.ppl_docs, args.samples) < 1:
-        print("error: --arc-items, --piqa-items, --kld-docs, --ppl-docs and --samples must be positive", file=sys.stderr)
+    if min(args.arc_items, args.piqa_items, args.kld_docs, args.ppl_docs, args.samples, args.workers) < 1:
+        print("error: --arc-items, --piqa-items, --kld-docs, --ppl-docs, --samples and --workers must be positive",
+              file=sys.stderr)
         return 2
+    acc_ratios = args.ratios if args.acc_ratios is None else args.acc_ratios
+    if not set(acc_ratios) <= set(args.ratios):
+        print("error: --acc-ratios must be a subset of --ratios", file=sys.stderr)
+        return 2
+    other_ratios = [r for r in args.ratios if r not in acc_ratios]
     from raymoe.io import atomic_write_parquet, atomic_write_text
     from raymoe.sweep.runner import run_sweep
 
     t0 = time.perf_counter()
     first, *more = args.calib_seeds
-    spec = sweep_spec(args, methods=method_names(), ratios=args.ratios, calib_seed=first, out=args.out)
+    spec = sweep_spec(args, methods=method_names(), ratios=acc_ratios or args.ratios, calib_seed=first, out=args.out,
+                      accuracy=bool(acc_ratios))
     if args.dry_run:
         extra = len(SEED_METHODS) + 2
-        print(f"{spec.name}: {len(spec.methods)} methods x {len(spec.ratios)} ratios (random x {len(args.seeds)}), "
-              f"calibration seed {first}; then {len(more)} sweeps of {extra} methods at 50%")
+        print(f"{spec.name}: {len(spec.methods)} methods x ratios {spec.ratios} (random x {len(args.seeds)}) on "
+              f"{spec.eval.tasks}, calibration seed {first}"
+              + (f"; then ratios {other_ratios} on KL and perplexity" if acc_ratios and other_ratios else "")
+              + f"; then {len(more)} sweeps of {extra} methods at 50%")
         return 0
     run_dir = run_sweep(spec)
     tables = [quality_table(pl.read_parquet(run_dir / "results.parquet"), first)]
+    if acc_ratios and other_ratios:
+        out = args.out.with_name(f"{args.out.name}-fidelity")
+        d = run_sweep(sweep_spec(args, methods=method_names(), ratios=other_ratios, calib_seed=first, out=out,
+                                 accuracy=False))
+        tables.append(quality_table(pl.read_parquet(d / "results.parquet"), first).filter(pl.col("ratio") > 0))
     at_half = tables[0].filter((pl.col("ratio") == 0.5) & ~pl.col("method").is_in([*SEED_METHODS, "random"]))
     peers = at_half.sort("kld")["method"].head(2).to_list()
     for cs in more:
         out = args.out.with_name(f"{args.out.name}-calib{cs}")
-        d = run_sweep(sweep_spec(args, methods=[*SEED_METHODS, *peers], ratios=[0.5], calib_seed=cs, out=out))
+        d = run_sweep(sweep_spec(args, methods=[*SEED_METHODS, *peers], ratios=[0.5], calib_seed=cs, out=out,
+                                 accuracy=args.seed_accuracy))
         tables.append(quality_table(pl.read_parquet(d / "results.parquet"), cs))
     table = pl.concat(tables)
     atomic_write_parquet(run_dir / "quality.parquet", table)
     md = (f"Testbed quality ({'unhealed' if args.unhealed else 'healed'}): KL on {args.kld_docs} and perplexity on "
-          f"{args.ppl_docs} held-out wiki articles, ARC-Easy {args.arc_items} and PIQA {args.piqa_items} items, "
+          f"{args.ppl_docs} held-out wiki articles, ARC-Easy {args.arc_items} and PIQA {args.piqa_items} items "
+          f"(at ratios {acc_ratios}), "
           f"calibration wiki_calib {args.samples}x{args.seq_len} (seeds {args.calib_seeds}; peers varied: {peers}); "
           f"this invocation took {time.perf_counter() - t0:.0f} s (a resumed sweep counts only the steps it ran).\n\n"
           + markdown(table))
