@@ -20,7 +20,7 @@ HEAVY = ("torch", "transformers", "torch_geometric", "graspologic", "ray", "vllm
 
 def run_python(code: str) -> dict:
     """Run `code` in a fresh interpreter; it prints one JSON line last, returned parsed."""
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
