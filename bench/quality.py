@@ -54,7 +54,7 @@ def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[flo
     grid = [{"name": m, **({"seeds": args.seeds} if m == "random" else {})} for m in methods]
     return SweepSpec.model_validate({
         "name": out.name, "model": "testbed",
-        "testbed": {"options": {} if args.unhealed else {"heal": {}}},
+        "testbed": {} if args.unhealed else {"heal": {}},
         "calibration": {"data": "wiki_calib", "samples": args.samples, "seq_len": args.seq_len, "stages": 1,
                         "seed": calib_seed},
         "methods": grid, "ratios": ratios,
