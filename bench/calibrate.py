@@ -153,7 +153,7 @@ def main() -> None:
 
     from raymoe.calib import CalibConfig
     from raymoe.calib.pool import StagePool
-    from raymoe.calib.run import Prepared, calibrate
+    from raymoe.calib.calibration import Prepared, calibrate
     from raymoe.data.text import CalibData
     from raymoe.moe import SafetensorsCheckpoint
 

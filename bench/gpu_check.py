@@ -63,7 +63,7 @@ def build_model(family: str, size: str, out: Path) -> Path:
 
 
 def calib_data(model: Path, size: str, work: Path):
-    from raymoe.calib.run import load_tokenizer
+    from raymoe.calib.calibration import load_tokenizer
     from raymoe.data.text import calibration_data
     from raymoe.testing.tiny import SAMPLE_TEXT
 
@@ -75,7 +75,7 @@ def calib_data(model: Path, size: str, work: Path):
 
 def run_calibration(model: Path, size: str, data, dtype: str, device: str):
     from raymoe.calib.config import CalibConfig
-    from raymoe.calib.run import Prepared, calibrate
+    from raymoe.calib.calibration import Prepared, calibrate
 
     samples, seq_len, micro, probes = CALIB[size]
     cfg = CalibConfig(samples=samples, seq_len=seq_len, micro_batch=micro, probe_tokens=probes, clusters=1,

@@ -23,7 +23,7 @@ def main() -> int:
 
     from raymoe.eval.fidelity import full_kl, token_scores
     from raymoe.eval.reference import WindowSpec, _tail_draws, _windows
-    from raymoe.eval.runner import load_transformers
+    from raymoe.eval.engine_host import load_transformers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, required=True)

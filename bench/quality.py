@@ -45,7 +45,7 @@ FIDELITY_TASKS = ("kld:wiki_heldout", "wiki_heldout_ppl")
 def sweep_spec(args: argparse.Namespace, *, methods: list[str], ratios: list[float], calib_seed: int, out: Path,
                accuracy: bool = True):
     """One resumable sweep; `accuracy=False` scores the fidelity columns only (KL, perplexity)."""
-    from raymoe.sweep.spec import SweepSpec
+    from raymoe.sweep.sweep_spec import SweepSpec
 
     tasks = [t for t, _, _ in METRICS if accuracy or t in FIDELITY_TASKS]
     limits = {"kld:wiki_heldout": args.kld_docs, "wiki_heldout_ppl": args.ppl_docs,
@@ -169,8 +169,8 @@ def main() -> int:
         print("error: --acc-ratios must be a subset of --ratios", file=sys.stderr)
         return 2
     other_ratios = [r for r in args.ratios if r not in acc_ratios]
-    from raymoe.io import atomic_write_parquet, atomic_write_text
-    from raymoe.sweep.runner import run_sweep
+    from raymoe.atomic import atomic_write_parquet, atomic_write_text
+    from raymoe.sweep.pipeline import run_sweep
 
     t0 = time.perf_counter()
     first, *more = args.calib_seeds

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from raymoe.eval.hf_worker import load_hf
 from raymoe.eval.options import EngineOptions
-from raymoe.eval.runner import EngineHost
+from raymoe.eval.engine_host import EngineHost
 from raymoe.eval.tasks import TaskRequest
 
 COLUMNS = [("wiki_heldout_ppl", "word_perplexity"), ("arc_easy", "acc"), ("arc_easy", "acc_norm"),

@@ -43,8 +43,8 @@ def bytes_under(path: Path) -> int:
 
 
 def run(mode: str, root: Path, args) -> dict:
-    from raymoe.sweep.runner import run_sweep
-    from raymoe.sweep.spec import load_spec
+    from raymoe.sweep.pipeline import run_sweep
+    from raymoe.sweep.sweep_spec import load_spec
 
     out = root / mode
     spec_file = root / f"{mode}.yaml"

@@ -25,7 +25,7 @@ def ensure_registered() -> None:
 
 def __getattr__(name: str):
     if name == "MoeModelSpec":  # config-only (no torch), imported on first use
-        from raymoe.moe.spec import MoeModelSpec
+        from raymoe.moe.model_spec import MoeModelSpec
 
         return MoeModelSpec
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,15 +22,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import ResourceError
 
 __all__ = ["RayResources", "ensure_ray", "check_fits", "node_resources", "ResourceError"]
 
 LOOPBACK = "127.0.0.1"
-
-
-class ResourceError(RaymoeError):
-    """An actor asks for more of a resource than any node of the Ray cluster has."""
 
 
 class RayResources(BaseModel):

@@ -17,15 +17,11 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import RaymoeError, UnknownNameError
 
 __all__ = ["Registry", "UnknownNameError"]
 
 T = TypeVar("T")
-
-
-class UnknownNameError(RaymoeError):
-    """A name no registry entry has (each registry may raise its own subclass)."""
 
 
 class Registry(Generic[T]):

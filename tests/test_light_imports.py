@@ -54,7 +54,7 @@ def test_methods_listing_is_light():
 def test_spec_validation_is_light():
     """Every jobs/*.yaml validated with its name checks (methods and options, tasks, data, model); specs
     naming a model path absent here fail with a SpecError, which needs no torch either."""
-    code = ("import glob\nfrom raymoe.errors import RaymoeError\nfrom raymoe.sweep.spec import load_spec\n"
+    code = ("import glob\nfrom raymoe.errors import RaymoeError\nfrom raymoe.sweep.sweep_spec import load_spec\n"
             "ok = 0\nfor p in sorted(glob.glob('jobs/*.yaml')):\n    try:\n        load_spec(p)\n        ok += 1\n"
             "    except RaymoeError as err:\n        assert 'does not exist' in str(err), err\n"
             "assert ok >= 2, ok\n" + LOADED)

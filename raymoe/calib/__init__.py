@@ -13,8 +13,8 @@ __all__ = ["CalibConfig", "CalibrationError", "StageRange", "plan_stages", "cali
 
 
 def calibrate(*args, **kwargs):
-    """See `raymoe.calib.run.calibrate`."""
-    from raymoe.calib.run import calibrate as _calibrate
+    """See `raymoe.calib.calibration.calibrate`."""
+    from raymoe.calib.calibration import calibrate as _calibrate
 
     return _calibrate(*args, **kwargs)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from raymoe.store.schema import SCHEMA_VERSION
+from raymoe.store.calib_stats import SCHEMA_VERSION
 
 __all__ = ["CalibConfig", "DTYPES", "Placement"]
 
@@ -34,7 +34,7 @@ class CalibConfig(BaseModel):
 
     Calibration clusters (Pathfinder, `clusters` > 1) come from a pre-pass: one
     forward of every micro-batch without statistics, pooling the final hidden
-    states (see `raymoe.calib.clusters`); it costs about one bare forward.
+    states (see `raymoe.calib.token_clusters`); it costs about one bare forward.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from raymoe.calib.batches import MicroBatch
-from raymoe.moe.spec import MoeModelSpec
-from raymoe.store.schema import VECTOR_FIELDS, CalibStats, LayerStats
+from raymoe.moe.model_spec import MoeModelSpec
+from raymoe.store.calib_stats import VECTOR_FIELDS, CalibStats, LayerStats
 
 __all__ = ["Totals"]
 

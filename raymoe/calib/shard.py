@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import CalibrationError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["CalibrationError", "StageRange", "plan_stages", "layer_bytes", "EMBED_NAME", "NORM_NAME"]
 
 EMBED_NAME = "model.embed_tokens.weight"
 NORM_NAME = "model.norm.weight"
-
-
-class CalibrationError(RaymoeError):
-    """Calibration cannot run as asked (bad stage count, infeasible placement, failing actors)."""
 
 
 @dataclass(frozen=True)

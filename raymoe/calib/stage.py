@@ -39,7 +39,7 @@ from raymoe.calib.shard import EMBED_NAME, NORM_NAME, CalibrationError, StageRan
 from raymoe.calib.stats import StatsAccumulator
 from raymoe.moe.layer_weights import build_decoder_layer, load_layer_state
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["Stage", "RecordingCheckpoint", "REPLAY_BYTES"]
 

@@ -1,4 +1,4 @@
-"""Per-layer calibration statistics, accumulated as float64 sums (shared/METHODS.md notation).
+"""Per-layer calibration statistics, accumulated as float64 sums (docs/METHODS.md notation).
 
 For a micro-batch of T tokens at MoE layer l with E experts, top-k routing
 S_t, gate weights g_t(e), router probabilities p_t(e) (softmax of the logits,
@@ -32,7 +32,7 @@ import torch
 
 from raymoe.calib.capture import LayerCapture
 from raymoe.moe.routing import RoutingRule, route
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["StatsAccumulator", "all_expert_outputs", "Routing"]
 

@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 
 from raymoe.checkpoint.writer import OutTensor, ShardWriter, WriteBehind, copy_phase
 from raymoe.errors import CheckpointError
-from raymoe.io import atomic_dir
+from raymoe.atomic import atomic_dir
 from raymoe.moe.safetensors_files import INDEX_FILE, SINGLE_FILE, TORCH_DTYPES, SafetensorsCheckpoint, TensorInfo
-from raymoe.moe.spec import MoeModelSpec, TensorRole
+from raymoe.moe.model_spec import MoeModelSpec, TensorRole
 from raymoe.moe.variable import ensure_registered, stock_config_dict, variable_config_dict
-from raymoe.plan.schema import LayerPlan, PrunePlan
+from raymoe.plan.prune_plan import LayerPlan, PrunePlan
 
 __all__ = ["apply_plan", "pruned_config"]
 

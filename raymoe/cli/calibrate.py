@@ -42,7 +42,7 @@ class Calibrate:
 
         from raymoe.calib.config import CalibConfig
         from raymoe.calib.shard import CalibrationError
-        from raymoe.store.io import StatsStoreError
+        from raymoe.store.stats_store import StatsStoreError
 
         out = Path(args.out)
         if out.exists() and not args.overwrite:
@@ -57,8 +57,8 @@ class Calibrate:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "config"
             raise CalibrationError(f"invalid calibration option {where}: {first['msg']}") from None
-        from raymoe.calib.run import Prepared, calibrate
-        from raymoe.store.io import save_stats
+        from raymoe.calib.calibration import Prepared, calibrate
+        from raymoe.store.stats_store import save_stats
 
         prep = Prepared(args.model, cfg, args.data)  # every input check happens here, before Ray starts
         stats = calibrate(prep, progress=not args.no_progress, ray_address=args.address)

@@ -20,12 +20,12 @@ class Run:
                             "the source model, only merges and the spec's `materialize` list are written)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from raymoe.sweep.spec import load_spec
+        from raymoe.sweep.sweep_spec import load_spec
 
         spec = load_spec(args.spec)  # every check that needs no Ray: names, ratios, model, tasks
         if args.materialize:
             spec = spec.model_copy(update={"materialize": True})
-        from raymoe.sweep.runner import run_sweep
+        from raymoe.sweep.pipeline import run_sweep
 
         t0 = time.perf_counter()
         run_dir = run_sweep(spec, progress=not args.quiet)

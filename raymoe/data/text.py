@@ -22,13 +22,9 @@ import numpy as np
 
 from raymoe.data.packages import NAMED_CORPORA, named_corpus_path
 from raymoe.data.splits import SPLIT_CORPORA, split_corpus_text
-from raymoe.errors import RaymoeError
+from raymoe.errors import DataError
 
 __all__ = ["DataError", "TextSource", "CalibData", "load_text", "sample_windows", "calibration_data"]
-
-
-class DataError(RaymoeError):
-    """Calibration text is missing, empty, malformed, or too short."""
 
 
 @dataclass(frozen=True)

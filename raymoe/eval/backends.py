@@ -11,7 +11,7 @@ once, `BACKENDS.get(name)`, and ask the object; nothing compares backend names.
   vLLM plugin does not cover, is a user error raised before Ray starts.
 - `sleep`: a benchmark engine of known cost (raymoe.eval.sleep_worker, bench/fleet_scale.py), not a scorer.
 
-A new backend is a worker actor (`info()`, `evaluate(path, task, mask)`; raymoe.eval.runner.EngineHost
+A new backend is a worker actor (`info()`, `evaluate(path, task, mask)`; raymoe.eval.engine_host.EngineHost
 does the lm-eval part) and one entry here.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import BackendError
 from raymoe.registry import Registry
 
 if TYPE_CHECKING:
@@ -33,10 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "ActorBackend", "VLLMBackend", "BACKENDS", "BackendError", "scorer_names",
            "check_backend", "actor_options"]
-
-
-class BackendError(RaymoeError):
-    """An unknown backend, a backend whose environment is missing, or one that cannot serve a variant."""
 
 
 @runtime_checkable

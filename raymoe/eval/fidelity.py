@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import FidelityError
 from raymoe.eval.uncertainty import bootstrap_se, bootstrap_stat_se, ratio_value
 
 __all__ = ["FIDELITY_PREFIX", "KLD_CORPORA", "FidelityError", "is_fidelity", "fidelity_corpus", "corpus_documents",
@@ -45,10 +45,6 @@ __all__ = ["FIDELITY_PREFIX", "KLD_CORPORA", "FidelityError", "is_fidelity", "fi
 FIDELITY_PREFIX = "kld:"
 #: corpora a fidelity task can read (raymoe.data): wiki_heldout is never calibration text
 KLD_CORPORA = ("wiki_heldout", "wiki_calib", "wiki", "c4")
-
-
-class FidelityError(RaymoeError):
-    """A fidelity task that cannot run: unknown corpus, missing reference, mismatched vocabularies."""
 
 
 def is_fidelity(name: str) -> bool:

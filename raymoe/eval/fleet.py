@@ -35,7 +35,7 @@ import ray
 from tqdm.auto import tqdm
 
 from raymoe import __version__
-from raymoe.errors import RaymoeError
+from raymoe.errors import RaymoeError, EvalError
 from raymoe.eval.backends import BACKENDS, BackendError
 from raymoe.eval.fleet_stream import Completed, FleetEvent, FleetStream, Job
 from raymoe.eval.options import FleetOptions
@@ -46,10 +46,6 @@ from raymoe.ray_cluster import RayResources, check_fits, ensure_ray
 __all__ = ["EvalFleet", "FleetStream", "FleetEvent", "Completed", "EvalError", "Job"]
 
 POLL_S = 0.05  # how often a fleet with idle workers looks for new submissions while pairs run
-
-
-class EvalError(RaymoeError):
-    """A (variant, task) pair failed on a worker, or the pool ran out of workers."""
 
 
 def _cause(err: Exception) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ray
 
 from raymoe.eval.options import EngineOptions, scoring_length
-from raymoe.eval.runner import EngineHost, load_transformers, mask_model
+from raymoe.eval.engine_host import EngineHost, load_transformers, mask_model
 from raymoe.eval.tasks import TaskRequest
 
 __all__ = ["HFWorker", "HFEngine", "load_hf"]

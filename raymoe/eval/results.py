@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from raymoe.errors import RaymoeError
-from raymoe.io import atomic_write_parquet
+from raymoe.atomic import atomic_write_parquet
 
 __all__ = ["SCHEMA", "KEY", "rows_frame", "write_results", "read_results", "conform"]
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import yaml
 
 from raymoe.data import named_corpus_path, package_dir
-from raymoe.errors import RaymoeError
+from raymoe.errors import TaskError
 from raymoe.eval.fidelity import FIDELITY_PREFIX, KLD_CORPORA, fidelity_corpus, is_fidelity
 
 __all__ = ["TaskError", "TaskRequest", "OFFLINE_TASKS", "MMLU_SUBSET", "DataRoots", "parse_tasks", "known_task_names",
@@ -42,10 +42,6 @@ __all__ = ["TaskError", "TaskRequest", "OFFLINE_TASKS", "MMLU_SUBSET", "DataRoot
 #: the MMLU subset behind task `mmlu`: two subjects from each of STEM, humanities, social sciences, other
 MMLU_SUBSET = ("abstract_algebra", "college_physics", "philosophy", "world_religions",
                "high_school_macroeconomics", "sociology", "clinical_knowledge", "marketing")
-
-
-class TaskError(RaymoeError):
-    """An unknown task, or task data that is missing."""
 
 
 class _Function(str):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from raymoe.errors import CheckpointError, PlanError, RaymoeError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["Variant", "parse_variants", "serving_cost"]
 

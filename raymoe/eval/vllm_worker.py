@@ -15,7 +15,7 @@ import gc
 import ray
 
 from raymoe.eval.options import EngineOptions, scoring_length
-from raymoe.eval.runner import EngineHost
+from raymoe.eval.engine_host import EngineHost
 from raymoe.eval.tasks import TaskRequest
 
 __all__ = ["VLLMWorker", "VLLMEngine", "load_vllm", "serving_overrides", "vllm_env_vars"]

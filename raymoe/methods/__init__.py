@@ -3,7 +3,7 @@
 `validate(stats, "reap", 0.5)` checks the method name, its options and the
 budget once and returns a MethodRequest (raymoe.methods.request);
 `make_plan(stats, "reap", 0.5)` is validate + run: it opens the expert weights
-when the method needs them and returns the PrunePlan. shared/METHODS.md says
+when the method needs them and returns the PrunePlan. docs/METHODS.md says
 what each method computes.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import UnknownMethodError, OptionError
 from raymoe.methods.budget import Budget, BudgetError
 from raymoe.methods.request import MethodRequest, validate
 from raymoe.registry import Registry
@@ -21,9 +21,6 @@ from raymoe.registry import Registry
 __all__ = ["METHODS", "UnknownMethodError", "OptionError", "method_names", "load_method", "parse_options",
            "option_message", "budget_for", "open_weights", "validate", "MethodRequest", "make_plan",
            "describe_methods", "Budget", "BudgetError"]
-
-class UnknownMethodError(RaymoeError):
-    """No method of that name is registered."""
 
 
 #: method name -> "module:Class" (heavy imports, e.g. torch_geometric, live inside those modules' functions)
@@ -41,10 +38,6 @@ METHODS: Registry[type] = Registry("method", {
     "hc-smoe": "raymoe.methods.hcsmoe:HcSmoe",
     "m-smoe": "raymoe.methods.msmoe:MSmoe",
 }, error=UnknownMethodError)
-
-
-class OptionError(RaymoeError):
-    """A method option does not exist or has an invalid value."""
 
 
 def method_names() -> list[str]:

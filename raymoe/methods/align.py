@@ -30,8 +30,8 @@ import numpy as np
 
 from raymoe.methods.common import probe_subset
 from raymoe.plan.alignment import Alignment
-from raymoe.plan.schema import MergeGroup
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import MergeGroup
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch

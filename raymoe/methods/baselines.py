@@ -1,4 +1,4 @@
-"""The peers' score baselines: one score per expert, keep the highest (shared/METHODS.md, "Baselines").
+"""The peers' score baselines: one score per expert, keep the highest (docs/METHODS.md, "Baselines").
 
 For MoE layer l and expert e (sums over calibration tokens t, routed set S_t,
 router probability p_t(e), gate weight g_t(e), expert output f_e(x_t)):
@@ -25,8 +25,8 @@ from pydantic import Field
 
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import MethodConfig, build_plan, keep_by_scores, per_layer_share
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats, LayerStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats, LayerStats
 
 __all__ = ["RandomPrune", "FrequencyPrune", "SoftCountPrune", "EanPrune", "ReapPrune", "score_plan"]
 

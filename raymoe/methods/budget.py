@@ -1,6 +1,6 @@
 """Expert budget: a global ratio r of routed experts removed -> kept count n_l per MoE layer.
 
-Shared by every method (shared/METHODS.md, "Budget"):
+Shared by every method (docs/METHODS.md, "Budget"):
 - uniform: n_l = round((1 - r) E_l) in every layer;
 - global:  sum_l n_l = N = round((1 - r) sum_l E_l), each k <= n_l <= E_l, the split
   decided by the method (ranked scores, entropy shares, path frequencies ...).
@@ -26,13 +26,9 @@ from typing import Mapping
 
 import numpy as np
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import BudgetError
 
 __all__ = ["Budget", "BudgetError", "check_ratio", "round_half_up", "integerize"]
-
-
-class BudgetError(RaymoeError):
-    """The requested ratio cannot be met (out of range, or fewer than top_k experts would be left)."""
 
 
 def check_ratio(ratio) -> float:

@@ -2,7 +2,7 @@
 
 Li, Wang, Wang, "C-GNN-PRUNE: A Unified Graph-Based Framework for Structure-Aware
 Pruning of Mixture-of-Experts Models" (AAAI 2026). Only the abstract is public;
-shared/METHODS.md makes its modules precise:
+docs/METHODS.md makes its modules precise:
 1. Entropy-guided allocation (`entropy_allocation`). u_l(e) = count_l(e) / sum,
    H_l = -sum u log u / log E_l. Removal share r_l = min(c (1 - H_l + eps)^alpha, 1 - floor_l / E_l),
    the scalar c found by bisection so that sum_l (1 - r_l) E_l = N (the global budget);
@@ -37,8 +37,8 @@ from raymoe.methods.cgnn_graph import coactivation, interaction_graph, knn_mask,
     node_features, train_gae
 from raymoe.methods.cgnn_select import community_target, importance, select_from_communities
 from raymoe.methods.common import MethodConfig, build_plan, keep_balanced
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 __all__ = ["CGnnPrune", "CGnnConfig", "entropy_targets", "select_from_communities"]
 

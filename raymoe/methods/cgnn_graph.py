@@ -1,6 +1,6 @@
 """C-GNN-PRUNE modules 2-4: expert interaction graph, GCN auto-encoder embedding, Leiden communities.
 
-(Li, Wang, Wang, AAAI 2026; only the abstract is public, shared/METHODS.md makes it precise.)
+(Li, Wang, Wang, AAAI 2026; only the abstract is public, docs/METHODS.md makes it precise.)
 - Co-activation that is not popularity: positive PMI of the routed pairs. With
   M_ij = coact_ij (i != j; tokens routing both i and j; M_ii = 0) and its marginals
   r_i = sum_j M_ij (= (k - 1) count_i under top-k routing), the null is quasi-independence
@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from raymoe.methods.common import per_layer_share, single_thread
-from raymoe.store.schema import LayerStats
+from raymoe.store.calib_stats import LayerStats
 
 __all__ = ["jaccard", "quasi_independence", "ppmi", "coactivation", "interaction_graph", "node_features",
            "rank_feature", "knn_mask", "knn_edges", "train_gae", "leiden_communities"]

@@ -25,7 +25,7 @@ from raymoe.methods.cgnn_graph import coactivation, interaction_graph, jaccard, 
     rank_feature, train_gae
 from raymoe.methods.cgnn_select import importance_kept
 from raymoe.methods.common import top_n
-from raymoe.store.schema import CalibStats
+from raymoe.store.calib_stats import CalibStats
 
 __all__ = ["popularity_correlations", "embedding_usage_correlation", "selection_figures", "synthetic_sets"]
 

@@ -1,6 +1,6 @@
 """C-GNN-PRUNE module 5: activation-aware selection from communities (community target and fill rule).
 
-(Li, Wang, Wang, AAAI 2026; only the abstract is public, shared/METHODS.md makes it precise.)
+(Li, Wang, Wang, AAAI 2026; only the abstract is public, docs/METHODS.md makes it precise.)
 - Activation-aware importance: I_e = s_e u_e, s_e the REAP saliency (mean over routed tokens of
   g_t(e) ||f_e(x_t)||) and u_e = count_e / sum counts; so I_e = reap_sum_e / sum counts, the
   layer's gate-weighted output mass carried by e.
@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from raymoe.methods.common import keep_balanced, top_n
-from raymoe.store.schema import LayerStats
+from raymoe.store.calib_stats import LayerStats
 
 __all__ = ["importance", "community_target", "selection_priority", "select_from_communities", "importance_kept"]
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping, Pro
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import StatsError
 from raymoe.methods.budget import Budget, BudgetError
-from raymoe.moe.spec import MoeModelSpec
-from raymoe.plan.schema import LayerPlan, MergeGroup, PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.moe.model_spec import MoeModelSpec
+from raymoe.plan.prune_plan import LayerPlan, MergeGroup, PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["MethodConfig", "Method", "WeightsView", "StatsError", "stats_spec", "model_path", "top_n",
            "keep_balanced", "group_counts", "per_layer_share", "build_plan", "keep_by_scores", "router_bias",
            "probe_subset", "single_thread"]
-
-
-class StatsError(RaymoeError):
-    """The statistics lack what a method needs, or do not describe a usable model."""
 
 
 class MethodConfig(BaseModel):

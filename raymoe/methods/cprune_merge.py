@@ -24,8 +24,8 @@ from pydantic import Field
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import build_plan, per_layer_share, single_thread
 from raymoe.methods.cprune import CPruneConfig, cprune
-from raymoe.plan.schema import MergeGroup, PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import MergeGroup, PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch

@@ -28,8 +28,8 @@ from pydantic import Field
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import StatsError, per_layer_share, single_thread
 from raymoe.methods.merging import AlignedMergeConfig, groups_from_labels, merge_plan, per_original_group
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 __all__ = ["HcSmoe", "HcSmoeConfig", "cluster_outputs"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raymoe.plan.schema import PrunePlan
+from raymoe.plan.prune_plan import PrunePlan
 
 __all__ = ["score_matrix", "save_heatmap"]
 

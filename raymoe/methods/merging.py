@@ -22,8 +22,8 @@ from pydantic import Field
 from raymoe.methods.align import AlignBasis, alignment_for
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import MethodConfig, build_plan
-from raymoe.plan.schema import MergeGroup, PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import MergeGroup, PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 __all__ = ["AlignedMergeConfig", "usage_weights", "groups_from_labels", "per_original_group", "merge_plan"]
 

@@ -31,8 +31,8 @@ from pydantic import Field
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import StatsError, keep_balanced, per_layer_share, probe_subset, single_thread
 from raymoe.methods.merging import AlignedMergeConfig, merge_plan
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch

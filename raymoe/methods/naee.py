@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import (MethodConfig, StatsError, WeightsView, build_plan, per_layer_share,
                                    probe_subset, router_bias, single_thread)
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch

@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 
 from raymoe.methods.budget import Budget
 from raymoe.methods.common import MethodConfig, StatsError, build_plan, keep_balanced, per_layer_share, single_thread
-from raymoe.plan.schema import PrunePlan
-from raymoe.store.schema import CalibStats
+from raymoe.plan.prune_plan import PrunePlan
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,6 @@
 """The planner actor: loads a stats store once, answers many (method, ratio, options) requests.
 
-The central actor of the design (shared/DESIGN.md): a sweep asks it for the
+The central actor of the design (docs/DESIGN.md): a sweep asks it for the
 plans of every (method, ratio, uniform, options) it needs; the statistics and
 the expert-weights view are read once and kept. Plans come back as JSON-able
 dicts (`PrunePlan.model_dump(mode="json")`), never as pickled objects on disk.

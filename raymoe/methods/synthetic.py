@@ -4,7 +4,7 @@
 states x_t^l stream through the routers and experts of a weights view (a real
 checkpoint's `ExpertWeights`, or `SyntheticWeights` at DeepSeek-V3 / Qwen3-235B
 scale) and every `LayerStats` sum is accumulated exactly as defined in
-raymoe/store/schema.py. Hidden states are structured like real ones:
+raymoe/store/calib_stats.py. Hidden states are structured like real ones:
 - sequences belong to K calibration clusters (x_t^0 = mu_c + 0.7 n_t), so
   routing and transitions differ per cluster;
 - each token drifts slowly through the layers (x^l = rho x^{l-1} + sqrt(1-rho^2) n),
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raymoe.moe.spec import MoeModelSpec
-from raymoe.store.schema import SCHEMA_VERSION, CalibStats, LayerStats
+from raymoe.moe.model_spec import MoeModelSpec
+from raymoe.store.calib_stats import SCHEMA_VERSION, CalibStats, LayerStats
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,6 @@
 """Model adapters: per-architecture MoE facts, the expert view, per-layer weights.
 
-Names are imported on first use: `raymoe.moe.spec` and `raymoe.moe.arch` read
+Names are imported on first use: `raymoe.moe.model_spec` and `raymoe.moe.arch` read
 configs only, while the weight views (`layer_weights`, `safetensors_files`)
 import torch, so `from raymoe.moe import MoeModelSpec` stays light.
 """
@@ -23,7 +23,7 @@ __all__ = [
 
 _WHERE = {
     "ARCHS": "arch", "MoeArch": "arch", "arch_for_config": "arch",
-    "MoeModelSpec": "spec", "TensorRole": "spec",
+    "MoeModelSpec": "model_spec", "TensorRole": "model_spec",
     "SafetensorsCheckpoint": "safetensors_files",
     "ExpertWeights": "layer_weights", "load_layer_state": "layer_weights", "build_decoder_layer": "layer_weights",
 }

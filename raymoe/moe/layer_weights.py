@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["load_layer_state", "layer_tensor_names", "ExpertWeights", "build_decoder_layer"]
 

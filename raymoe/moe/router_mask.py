@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from raymoe.moe.routing import RoutingRule, route
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 from raymoe.plan.mask import router_flags
 
 __all__ = ["RouterMasks"]

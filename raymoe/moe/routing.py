@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["RoutingRule", "route"]
 

@@ -7,7 +7,7 @@ The model class is the stock one whose MoE decoder layers are rebuilt from a
 per-layer config copy; weights load through the family's stock conversion
 mapping (per-expert names on disk -> fused tensors). `ensure_registered()`
 (idempotent, imports transformers) runs where raymoe loads a checkpoint with
-the Auto classes (`raymoe.eval.runner.load_transformers`, `raymoe.checkpoint.apply`,
+the Auto classes (`raymoe.eval.engine_host.load_transformers`, `raymoe.checkpoint.apply`,
 `raymoe smoke`, the vLLM plugin); other code calls `raymoe.ensure_registered()`
 before `AutoModelForCausalLM.from_pretrained`, so no `trust_remote_code` is needed.
 """

@@ -21,7 +21,7 @@ import polars as pl
 
 from raymoe.errors import RaymoeError
 from raymoe.eval.results import conform
-from raymoe.io import atomic_write_text
+from raymoe.atomic import atomic_write_text
 from raymoe.report.paired import paired_markdown, paired_table
 from raymoe.report.plots import plot_heatmap, plot_kept, plot_metrics
 from raymoe.report.tables import main_table, task_order

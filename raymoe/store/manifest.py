@@ -8,7 +8,7 @@ counts, top_k, n_group/topk_group, ...) are derived from that config when the
 manifest is validated; a manifest that states them differently is refused.
 
 Stores written before the config was recorded (no `model.config`) are upgraded on
-read (`upgrade_manifest`, called by `raymoe.store.io.load_stats`): the config is
+read (`upgrade_manifest`, called by `raymoe.store.stats_store.load_stats`): the config is
 read from the recorded model path when that checkpoint is still there and still
 hashes to the recorded model hash. Otherwise loading fails with a StatsStoreError
 that says to calibrate again. The store on disk is left as it was.
@@ -22,21 +22,17 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from raymoe.errors import RaymoeError
-from raymoe.store.schema import SCHEMA_VERSION
+from raymoe.errors import RaymoeError, StatsStoreError
+from raymoe.store.calib_stats import SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from raymoe.moe.spec import MoeModelSpec
+    from raymoe.moe.model_spec import MoeModelSpec
 
 __all__ = ["ModelFacts", "StatsManifest", "StatsStoreError", "upgrade_manifest", "recorded_model_hash"]
 
 
-class StatsStoreError(RaymoeError):
-    """A stats directory is missing, incomplete, or would be overwritten, or its manifest is unusable."""
-
-
 def _spec(config: dict[str, Any]) -> "MoeModelSpec":
-    from raymoe.moe.spec import MoeModelSpec  # lazy: the store is read where raymoe.moe is not yet imported
+    from raymoe.moe.model_spec import MoeModelSpec  # lazy: the store is read where raymoe.moe is not yet imported
 
     return MoeModelSpec.from_config(config)
 
@@ -91,7 +87,7 @@ class ModelFacts(BaseModel):
 
 
 class StatsManifest(BaseModel):
-    """manifest.json of a stats store (see raymoe/store/io.py for the other files)."""
+    """manifest.json of a stats store (see raymoe/store/stats_store.py for the other files)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from raymoe.io import atomic_write_text
+from raymoe.atomic import atomic_write_text
 
 __all__ = ["StepRecord", "StepLog", "step_id"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from raymoe.errors import CheckpointError
-from raymoe.io import atomic_dir, atomic_write_json
+from raymoe.atomic import atomic_dir, atomic_write_json
 from raymoe.testbed.config import BUILDER_VERSION, UNHEALED_BUILDER_VERSION, TestbedConfig, TestbedConfigError
 
 __all__ = ["MANIFEST", "TestbedResult", "build_testbed", "read_manifest", "moefy_model"]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from raymoe.errors import RaymoeError
+from raymoe.errors import TestbedConfigError
 
 __all__ = ["TestbedConfig", "TestbedConfigError", "HealConfig", "DENSE_MLP_WIDTH", "BUILDER_VERSION",
            "UNHEALED_BUILDER_VERSION", "LAYOUT_DEFAULTS"]
@@ -31,12 +31,6 @@ LAYOUT_DEFAULTS: dict[str, dict[str, int]] = {
     "shared": {"experts": 16, "top_k": 4, "shared": 512},
     "mixtral": {"experts": 8, "top_k": 6, "shared": 0},
 }
-
-
-class TestbedConfigError(RaymoeError):
-    """Testbed options that cannot build a model (E not dividing the width, K > E, ...)."""
-
-    __test__ = False  # not a pytest class
 
 
 class HealConfig(BaseModel):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raymoe.testbed.cluster import group_neurons
+from raymoe.testbed.neuron_groups import group_neurons
 from raymoe.testbed.config import TestbedConfig
 from raymoe.testbed.router import fit_router, lstsq_down, route, scale_terms, solve_scales
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from raymoe.moe.router_mask import RouterMasks
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 from raymoe.plan.mask import ExpertMask
 
 __all__ = ["mask_experts", "merge_experts"]

@@ -37,8 +37,8 @@ def test_gpu_check_modules_load_without_ray_polars_pyarrow_vllm():
 import importlib.util
 spec = importlib.util.spec_from_file_location("gpu_check", {str(SCRIPT)!r})
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-import raymoe, raymoe.calib.run, raymoe.calib.executors, raymoe.calib.config, raymoe.data.text
-import raymoe.checkpoint, raymoe.methods, raymoe.testing.tiny, raymoe.store.schema
+import raymoe, raymoe.calib.calibration, raymoe.calib.executors, raymoe.calib.config, raymoe.data.text
+import raymoe.checkpoint, raymoe.methods, raymoe.testing.tiny, raymoe.store.calib_stats
 from raymoe.methods import METHODS
 METHODS.get("reap")
 from raymoe.calib.executors import LocalExecutor

@@ -7,7 +7,7 @@ import ray
 
 from raymoe.calib import CalibConfig, CalibrationError
 from raymoe.calib.pool import StagePool
-from raymoe.calib.run import calibrate
+from raymoe.calib.calibration import calibrate
 
 from conftest import assert_layer_close
 

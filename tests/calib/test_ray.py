@@ -19,7 +19,7 @@ import ray
 
 from raymoe.calib import CalibConfig
 from raymoe.calib.pool import StagePool
-from raymoe.calib.run import Prepared, calibrate, load_tokenizer
+from raymoe.calib.calibration import Prepared, calibrate, load_tokenizer
 from raymoe.calib.shard import EMBED_NAME, NORM_NAME
 from raymoe.data.text import calibration_data
 from raymoe.moe import MoeModelSpec, SafetensorsCheckpoint

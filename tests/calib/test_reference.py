@@ -12,7 +12,7 @@ import torch
 
 from raymoe.calib import CalibConfig
 from raymoe.calib.capture import IMPLEMENTATION, attach
-from raymoe.calib.run import Prepared, calibrate, load_tokenizer
+from raymoe.calib.calibration import Prepared, calibrate, load_tokenizer
 from raymoe.data.text import calibration_data
 from raymoe.moe import MoeModelSpec, SafetensorsCheckpoint, build_decoder_layer, load_layer_state
 from raymoe.testing.tiny import FAMILIES

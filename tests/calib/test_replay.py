@@ -8,8 +8,8 @@ import torch
 
 import raymoe.calib.stage as stage_mod
 from raymoe.calib import CalibConfig
-from raymoe.calib.run import calibrate
-from raymoe.store.schema import CalibStats
+from raymoe.calib.calibration import calibrate
+from raymoe.store.calib_stats import CalibStats
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def test_replayed_pass_equals_recomputed(family, stages, tiny_model, monkeypatch
 def test_replay_refuses_other_input(tiny_model):
     """A kept batch whose input differs (another calibration on the same stage) is computed, not replayed."""
     from raymoe.calib.batches import make_batches
-    from raymoe.calib.run import Prepared
+    from raymoe.calib.calibration import Prepared
     from raymoe.calib.shard import StageRange
 
     prep = Prepared(tiny_model("qwen2_moe"), CFG, "tiny")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from raymoe.calib import CalibConfig
-from raymoe.calib.run import Prepared, calibrate, load_tokenizer
+from raymoe.calib.calibration import Prepared, calibrate, load_tokenizer
 from raymoe.data.text import calibration_data
 from raymoe.methods import METHODS, load_method, make_plan
 from raymoe.methods.common import StatsError

@@ -9,7 +9,7 @@ import torch
 from raymoe.data import package_dir
 from raymoe.eval.hf_worker import load_hf
 from raymoe.eval.options import EngineOptions, scoring_length
-from raymoe.eval.runner import EngineHost
+from raymoe.eval.engine_host import EngineHost
 from raymoe.eval.tasks import TaskRequest
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from raymoe.cli import main
 from raymoe.eval import reference as R
 from raymoe.eval.fidelity import FidelityError, fidelity_rows, full_kl, token_scores
 from raymoe.eval.items import attach_items, sample_items
-from raymoe.eval.runner import load_transformers
+from raymoe.eval.engine_host import load_transformers
 from raymoe.eval.tasks import check_task, parse_tasks
 
 pytestmark = pytest.mark.unit

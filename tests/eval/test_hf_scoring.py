@@ -26,7 +26,7 @@ def _close(a: float, b: float) -> bool:
 def lms(request, tmp_path_factory):
     from lm_eval.models.huggingface import HFLM
 
-    from raymoe.eval.runner import load_transformers
+    from raymoe.eval.engine_host import load_transformers
     from raymoe.testing import build_tiny_model
 
     path = build_tiny_model(request.param, tmp_path_factory.mktemp(f"hfscore-{request.param}") / "m")
@@ -155,7 +155,7 @@ def test_engine_option_selects_path_and_tasks_agree(task, tmp_path):
 
     from raymoe.eval.hf_worker import load_hf
     from raymoe.eval.options import EngineOptions
-    from raymoe.eval.runner import EngineHost
+    from raymoe.eval.engine_host import EngineHost
     from raymoe.eval.tasks import parse_tasks
     from raymoe.testing import build_tiny_model
 

@@ -61,7 +61,7 @@ def family_models(tmp_path_factory):
 def _host(root):
     from raymoe.eval.hf_worker import load_hf
     from raymoe.eval.options import EngineOptions
-    from raymoe.eval.runner import EngineHost
+    from raymoe.eval.engine_host import EngineHost
 
     opts = EngineOptions(batch_size=4, bootstrap_iters=0)
     return EngineHost("t", "hf", lambda p: load_hf(p, opts), bootstrap_iters=0, torch_model=lambda e: e.lm.model)
@@ -135,7 +135,7 @@ def test_deepseek_v3_mask_keeps_the_original_groups(family_models):
     """Group-limited routing under a mask chooses experts of topk_group ORIGINAL groups only."""
     import torch
 
-    from raymoe.eval.runner import load_transformers, mask_model
+    from raymoe.eval.engine_host import load_transformers, mask_model
     from raymoe.plan.mask import ExpertMask
     from raymoe.plan import PrunePlan
 

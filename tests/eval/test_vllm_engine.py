@@ -14,7 +14,7 @@ import torch
 from raymoe.eval.backends import actor_options
 from raymoe.eval.hf_worker import load_hf
 from raymoe.eval.options import EngineOptions
-from raymoe.eval.runner import EngineHost
+from raymoe.eval.engine_host import EngineHost
 from raymoe.eval.tasks import TaskRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]

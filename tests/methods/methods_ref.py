@@ -54,7 +54,7 @@ class HfLayer:
 
 
 def brute_scores(x, hf: HfLayer, family: str) -> dict[str, np.ndarray]:
-    """Per-token re-computation of the baselines' formulas for one layer (shared/METHODS.md)."""
+    """Per-token re-computation of the baselines' formulas for one layer (docs/METHODS.md)."""
     logits, w, idx = hf.route(x)
     E = logits.shape[1]
     p = torch.sigmoid(logits) if family == "deepseek_v3" else torch.softmax(logits.float(), dim=-1)  # [T, E]

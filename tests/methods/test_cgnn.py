@@ -10,7 +10,7 @@ import pytest
 
 from raymoe.methods import budget_for, make_plan
 from raymoe.methods.cgnn import entropy_targets
-from raymoe.store.schema import CalibStats, LayerStats
+from raymoe.store.calib_stats import CalibStats, LayerStats
 
 E, K, H, T = 16, 2, 8, 4000
 

@@ -12,7 +12,7 @@ from raymoe.methods.cgnn_graph import coactivation, jaccard, node_features, quas
 from raymoe.methods.cgnn_select import community_target, importance_kept, select_from_communities
 from raymoe.methods.common import top_n
 from raymoe.methods.synthetic import scale_config, synthetic_stats
-from raymoe.store.schema import LayerStats
+from raymoe.store.calib_stats import LayerStats
 
 from test_cgnn import constructed_stats
 

@@ -195,7 +195,7 @@ def test_edge_modes_and_row_column_share(synthetic64):
 def test_bad_option_and_missing_transitions(traced):
     from raymoe.methods import OptionError
     from raymoe.methods.common import StatsError
-    from raymoe.store.schema import CalibStats
+    from raymoe.store.calib_stats import CalibStats
 
     stats, _, _ = traced("mixtral")
     with pytest.raises(OptionError, match="edges"):

@@ -109,7 +109,7 @@ def test_files_are_plain_formats(tmp_path):
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    import raymoe.store.io as store_io
+    import raymoe.store.stats_store as store_io
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

@@ -9,8 +9,8 @@ import pytest
 
 from raymoe.calib.config import CalibConfig
 from raymoe.sweep.records import step_id
-from raymoe.sweep.runner import variant_grid
-from raymoe.sweep.spec import SpecError, calib_config, load_spec
+from raymoe.sweep.pipeline import variant_grid
+from raymoe.sweep.sweep_spec import SpecError, calib_config, load_spec
 from raymoe.testbed.config import TestbedConfig
 
 

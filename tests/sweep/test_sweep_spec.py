@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from raymoe.cli import main
-from raymoe.sweep.runner import variant_grid
-from raymoe.sweep.spec import SpecError, load_spec
+from raymoe.sweep.pipeline import variant_grid
+from raymoe.sweep.sweep_spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 from raymoe.methods import load_method, parse_options
 from raymoe.sweep.records import step_id
-from raymoe.sweep.runner import SweepVariant
+from raymoe.sweep.pipeline import SweepVariant
 
 
 def test_variant_key_holds_the_validated_config_with_defaults():

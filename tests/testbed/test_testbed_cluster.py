@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from raymoe.testbed.cluster import balanced_kmeans, coactivation_patterns, group_neurons, neuron_importance
+from raymoe.testbed.neuron_groups import balanced_kmeans, coactivation_patterns, group_neurons, neuron_importance
 
 
 def test_balanced_kmeans_recovers_planted_equal_clusters():

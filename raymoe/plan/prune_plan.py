@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raymoe.errors import PlanError
-from raymoe.io import atomic_write_text
+from raymoe.atomic import atomic_write_text
 from raymoe.plan.alignment import Alignment
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Every field is a *sum* over calibration tokens (or sequences), so stages and
 data-parallel replicas reduce by addition (`LayerStats.merge`). Means are
-derived on read. Notation (shared/METHODS.md): for token t at MoE layer l,
+derived on read. Notation (docs/METHODS.md): for token t at MoE layer l,
 router probabilities p_t(e), routed set S_t (|S_t| = k), gate weight g_t(e),
 expert output f_e(x_t), a_t(e) = 1[e in S_t] * ||f_e(x_t)||.
 
@@ -11,7 +11,7 @@ Schema version 2 (`SCHEMA_VERSION`) added the routed transition intensity
 MoE inputs (`pooled_inputs`, for C-Prune's votes), and calibration clusters from
 pooled final hidden states (a pre-pass) instead of mean input embeddings; the
 default probe budget grew (CalibConfig.probe_hits). A store of another version is
-refused on load (`raymoe.store.io.load_stats`), so old caches are not reused.
+refused on load (`raymoe.store.stats_store.load_stats`), so old caches are not reused.
 
 On disk (the stats store directory, written atomically, never pickled):
   manifest.json          `raymoe.store.manifest.StatsManifest`: the model (path, hash, config.json and

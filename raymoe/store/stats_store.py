@@ -11,7 +11,7 @@
   traces.parquet         sampled routing traces: seq, pos, layer, experts (list<int32>), weights (list<float32>)
 
 `save_stats` writes into a temporary sibling and renames it when complete
-(`raymoe.io.atomic_dir`); `load_stats` checks that every file is there, that the
+(`raymoe.atomic.atomic_dir`); `load_stats` checks that every file is there, that the
 store's `schema_version` is this raymoe's `SCHEMA_VERSION` (a store without one is version 1),
 and validates the manifest (a store without the model config is upgraded from its model path,
 or refused: `raymoe.store.manifest`).
@@ -28,9 +28,9 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
 
-from raymoe.io import atomic_dir
+from raymoe.atomic import atomic_dir
 from raymoe.store.manifest import StatsManifest, StatsStoreError, upgrade_manifest
-from raymoe.store.schema import MATRIX_FIELDS, SCHEMA_VERSION, VECTOR_FIELDS, CalibStats, LayerStats
+from raymoe.store.calib_stats import MATRIX_FIELDS, SCHEMA_VERSION, VECTOR_FIELDS, CalibStats, LayerStats
 
 __all__ = ["StatsStoreError", "save_stats", "load_stats", "read_manifest", "STORE_FILES"]
 

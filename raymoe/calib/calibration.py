@@ -3,7 +3,7 @@
 Order of work: the model spec and shard plan (fail fast on a missing or
 non-MoE model, or S > layers), the data (tokenised N x L samples), the
 executor (Ray stage pool, or all stages in-process), the cluster pre-pass
-(pooled final hidden states -> k-means clusters, see `raymoe.calib.clusters`;
+(pooled final hidden states -> k-means clusters, see `raymoe.calib.token_clusters`;
 skipped when K = 1), micro-batches with their probe tokens, the pass, then the
 reduction into `CalibStats` with its manifest.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 import raymoe
 from raymoe.calib.batches import make_batches
-from raymoe.calib.clusters import assign_clusters, effective_clusters
+from raymoe.calib.token_clusters import assign_clusters, effective_clusters
 from raymoe.calib.config import CalibConfig
 from raymoe.calib.executors import EventHook, LocalExecutor, RayExecutor
 from raymoe.calib.reduce import Totals
@@ -27,9 +27,9 @@ from raymoe.calib.shard import CalibrationError, StageRange, plan_stages
 from raymoe.data.text import CalibData, calibration_data
 from raymoe.errors import CheckpointError
 from raymoe.moe.safetensors_files import SafetensorsCheckpoint, model_hash
-from raymoe.moe.spec import MoeModelSpec
+from raymoe.moe.model_spec import MoeModelSpec
 from raymoe.store.manifest import ModelFacts, StatsManifest
-from raymoe.store.schema import CalibStats
+from raymoe.store.calib_stats import CalibStats
 
 if TYPE_CHECKING:
     from raymoe.calib.pool import StagePool

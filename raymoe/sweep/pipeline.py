@@ -34,9 +34,9 @@ from typing import Any
 
 import polars as pl
 
-from raymoe.io import atomic_write_json
+from raymoe.atomic import atomic_write_json
 from raymoe.sweep.records import StepLog, StepRecord, step_id
-from raymoe.sweep.spec import SweepSpec, fleet_options
+from raymoe.sweep.sweep_spec import SweepSpec, fleet_options
 
 __all__ = ["run_sweep", "SweepVariant", "variant_grid"]
 
@@ -119,10 +119,10 @@ class _Sweep:
         return (self.run_dir / rec.outputs["model"]).resolve()
 
     def calibrate(self, model: Path) -> Path:
-        from raymoe.calib.run import calibrate, model_hash
+        from raymoe.calib.calibration import calibrate, model_hash
         from raymoe.moe import SafetensorsCheckpoint
         from raymoe.store import save_stats
-        from raymoe.sweep.spec import calib_config
+        from raymoe.sweep.sweep_spec import calib_config
 
         c = self.spec.calibration
         cfg = calib_config(self.spec)
@@ -255,7 +255,7 @@ def _start(spec: SweepSpec):
     """Ray (raymoe.ray_cluster.ensure_ray) and the checks that need it, before anything is written."""
     from raymoe.eval.backends import check_backend
     from raymoe.ray_cluster import RayResources, check_fits, ensure_ray
-    from raymoe.sweep.spec import calib_config
+    from raymoe.sweep.sweep_spec import calib_config
 
     res, opts, cfg = spec.resources, fleet_options(spec), calib_config(spec)
     check_backend(opts.backend, opts.engine)  # e.g. no vLLM environment: fail before any work

@@ -44,7 +44,7 @@ def mask_model(model, path: str, mask):
     if mask is None and getattr(model, "_raymoe_masks", None) is None:
         return None
     from raymoe.moe.router_mask import RouterMasks
-    from raymoe.moe.spec import MoeModelSpec
+    from raymoe.moe.model_spec import MoeModelSpec
 
     masks = getattr(model, "_raymoe_masks", None)
     if masks is None:

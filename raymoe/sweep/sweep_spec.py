@@ -18,7 +18,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from raymoe.calib.config import CalibConfig, Placement
-from raymoe.errors import RaymoeError
+from raymoe.errors import RaymoeError, SpecError
 from raymoe.testbed.config import TestbedConfig, TestbedConfigError
 
 __all__ = ["SweepSpec", "MethodGrid", "CalibrationSpec", "EvalSpec", "ResourceSpec", "load_spec", "SpecError",
@@ -28,10 +28,6 @@ __all__ = ["SweepSpec", "MethodGrid", "CalibrationSpec", "EvalSpec", "ResourceSp
 SWEEP_CALIBRATION: dict[str, Any] = {"samples": 32, "seq_len": 256, "stages": 1}
 #: CalibConfig fields a sweep takes from `resources` (they place actors, like the eval workers' GPUs)
 _FROM_RESOURCES = {"num_gpus": "resources.stage_gpus", "placement": "resources.placement"}
-
-
-class SpecError(RaymoeError):
-    """A sweep spec is invalid; the message names the file and line."""
 
 
 class _Strict(BaseModel):
@@ -253,7 +249,7 @@ def load_spec(path: str | Path, *, check_names: bool = True) -> SweepSpec:
 def _check_names(spec: SweepSpec, path: Path, node: yaml.Node) -> None:
     """The checks beyond the models' own: materialised names are variants of this spec, the model exists."""
     if isinstance(spec.materialize, list):
-        from raymoe.sweep.runner import variant_grid
+        from raymoe.sweep.pipeline import variant_grid
 
         known = {m.name for m in spec.methods} | {c.name for c in variant_grid(spec)}
         for i, name in enumerate(spec.materialize):
