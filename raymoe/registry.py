@@ -19,9 +19,15 @@ from typing import Generic, TypeVar
 
 from raymoe.errors import RaymoeError, UnknownNameError
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "load_target"]
 
 T = TypeVar("T")
+
+
+def load_target(target: str):
+    """The object a "module:attr" string names, importing the module (Python caches the import)."""
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class Registry(Generic[T]):
@@ -52,8 +58,7 @@ class Registry(Generic[T]):
             return self._loaded[name]
         if name not in self._entries:
             raise self.error(f"unknown {self.kind} {name!r} (known: {', '.join(self._entries)})")
-        module, attr = str(self._entries[name]).split(":")
-        obj = getattr(importlib.import_module(module), attr)
+        obj = load_target(str(self._entries[name]))
         self._loaded[name] = obj
         return obj
 

@@ -17,7 +17,6 @@ does the lm-eval part) and one entry here.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from raymoe.errors import BackendError
-from raymoe.registry import Registry
+from raymoe.registry import Registry, load_target
 
 if TYPE_CHECKING:
     from raymoe.eval.options import EngineOptions
@@ -63,8 +62,7 @@ class ActorBackend:
     scorer: bool = True
 
     def worker_class(self) -> Any:
-        module, cls = self.worker.split(":")
-        return getattr(importlib.import_module(module), cls)
+        return load_target(self.worker)
 
     def check(self, opts: "EngineOptions", variant_paths: Sequence[str] = ()) -> None:
         self.worker_class()
